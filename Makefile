@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m litlab.demo --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests --nbmake notebooks
+	LITLAB_SMOKE=1 $(PY) -m pytest -q tests --nbmake notebooks
 
 bench: $(STAMP)
 	$(PY) -m litlab.bench

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from litlab.data import mixtures, pipeline, tasks
+from litlab.data.mixtures import Mixture
+
+LIMIT = 40
+MAX_LEN = 40
+
+
+@pytest.fixture(scope="module")
+def data(tok):
+    return pipeline.build(mixtures.get_mixture("all_uniform"), "train", tok, max_len=MAX_LEN, limit=LIMIT)
+
+
+def test_shared_image_table_dedups_scenes(data):
+    by_name = {t.name: t for t in data.tasks}
+    cap, vqa = by_name["scenes_caption"], by_name["scenes_vqa"]
+    assert set(cap.image_row.tolist()) == set(vqa.image_row.tolist())  # same LIMIT scenes images
+    assert len(data.images) == len(data.image_keys) == 4 * LIMIT  # objects, scenes, words, text_scenes
+
+
+def test_dataset_shapes_masks_and_ranges(data, tok):
+    ds = pipeline.train_dataset(data, 16, seed=0, num_steps=3)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 3
+    b = batches[0]
+    assert b["image"].shape == (16, 64, 64, 3) and b["image"].dtype == np.float32
+    assert -1.0 <= b["image"].min() and b["image"].max() <= 1.0
+    assert b["tokens"].shape == (16, MAX_LEN) and b["tokens"].dtype == np.int32
+    for row, plen, mask in zip(b["tokens"], b["prefix_len"], b["loss_mask"]):
+        assert row[0] == tok.bos_id and row[plen - 1] == tok.sep_id
+        assert not mask[:plen].any()  # the prompt is never in the loss
+        on = np.flatnonzero(mask)
+        assert row[on[-1]] == tok.eos_id and np.all(row[on[0]:on[-1] + 1] != tok.pad_id)
+    # Images match the table rows the batch names.
+    np.testing.assert_allclose(b["image"], data.images[b["image_row"]] / 127.5 - 1.0, atol=1e-6)
+
+
+def test_resume_gives_identical_batches(data):
+    full = list(pipeline.train_dataset(data, 8, seed=3, num_steps=6, with_images=False).as_numpy_iterator())
+    tail = list(pipeline.train_dataset(data, 8, seed=3, start_step=4, num_steps=2, with_images=False).as_numpy_iterator())
+    for a, b in zip(full[4:], tail):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert "image" not in full[0]
+
+
+def test_process_shards_tile_the_global_batch(data):
+    whole = next(pipeline.train_dataset(data, 8, seed=1, num_steps=1).as_numpy_iterator())
+    parts = [next(pipeline.train_dataset(data, 8, seed=1, num_steps=1, process_index=p, process_count=2)
+                  .as_numpy_iterator()) for p in range(2)]
+    for k in whole:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+    with pytest.raises(ValueError, match="divisible by the process count"):
+        pipeline.train_dataset(data, 9, seed=1, process_count=2)
+
+
+def test_realized_proportions_and_describe(data):
+    stats = pipeline.describe(data, 64, seed=0, batches=32)
+    assert set(stats["tasks"]) == set(mixtures.EMBEDDED_TASKS)
+    for t in stats["tasks"].values():
+        assert abs(t["realized"] - 0.2) < 0.01 and t["rate"] == pytest.approx(0.2)
+
+
+def test_homogeneous_strategy(tok):
+    m = Mixture("h", ("objects_cls", "words_ocr"), "uniform", "homogeneous")
+    d = pipeline.build(m, "train", tok, max_len=MAX_LEN, limit=20)
+    for b in pipeline.train_dataset(d, 8, seed=0, num_steps=6, with_images=False).as_numpy_iterator():
+        assert len(set(b["task_id"].tolist())) == 1
+
+
+def test_packed_strategy_masks_every_answer(tok):
+    m = Mixture("p", ("scenes_vqa",), "uniform", "packed")
+    d = pipeline.build(m, "train", tok, max_len=192, limit=10)
+    assert d.tasks[0].stats["truncated"] == 0
+    t = d.tasks[0]
+    n_turns = [len(x) for x in t.turns]
+    assert max(n_turns) > 1
+    eos_in_loss = ((t.tokens == tok.eos_id) & (t.loss_mask > 0)).sum(1)
+    np.testing.assert_array_equal(eos_in_loss, n_turns)
+
+
+def test_truncation_warns_and_counts(tok):
+    m = mixtures.get_mixture("scenes_caption")
+    with pytest.warns(UserWarning, match="longer than max_len=6 tokens and were truncated"):
+        d = pipeline.build(m, "train", tok, max_len=6, limit=4)
+    assert d.tasks[0].stats["truncated"] > 0
+
+
+def test_eval_batches_pad_the_last_batch(data):
+    t = data.tasks[0]
+    batches = list(pipeline.eval_batches(t, data.images, 16))
+    assert sum(b["valid"].sum() for b in batches) == len(t)
+    assert all(b["tokens"].shape == (16, MAX_LEN) for b in batches)
