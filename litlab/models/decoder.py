@@ -1,0 +1,299 @@
+"""Autoregressive text decoder conditioned on (frozen) image tokens.
+
+A pre-LN Transformer decoder. Image tokens from the encoder ([B, N, D_enc])
+go through one learned Dense projection to the decoder width, then condition
+the text in one of three ways (`conditioning`):
+
+  'cross'   every block: causal self-attention, cross-attention to the N
+            projected image tokens, MLP (CapPa-style).
+  'prefix'  decoder-only prefix-LM: the projected image tokens are prepended.
+            Image tokens and the prompt (text positions < prefix_len) attend
+            to each other bidirectionally; targets attend causally
+            (PaliGemma-style).
+  'pooled'  like 'cross', but the memory is a single token: the mean over the
+            image tokens (a single token is passed through unchanged). We use
+            cross-attention rather than a single prefix token so that 'pooled'
+            has exactly the parameters and block structure of 'cross': the
+            comparison then isolates the information bottleneck (N tokens vs
+            one vector) and nothing else.
+
+Text layout: `tokens` [B, L] = BOS prompt SEP target EOS PAD...; the model
+sees `tokens[:, :-1]` and `prefix_len` [B] counts BOS + prompt + SEP. Text
+positions use learned position embeddings 0..max_len-1; image tokens get
+none (the encoder already encoded their positions). Padding needs no mask:
+it sits after EOS, so causal attention never lets a real position see it.
+
+Incremental decoding (functional KV cache)
+------------------------------------------
+The cache is a plain pytree whose every leaf has a leading batch axis, so a
+beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
+
+  cache = {
+    "pos":    int32 [B]   text position of the next token fed to `extend`,
+                          i.e. the number of text tokens already cached;
+    "layers": tuple over depth of {
+        "k", "v":   [B, S, H, Dh]  text self-attention keys/values. Slot t
+                                   holds position t; slots >= pos are stale
+                                   and masked out.
+        "mk", "mv": [B, M, H, Dh]  image keys/values, computed once in
+                                   `prefill`: cross-attention K/V ('cross':
+                                   M=N, 'pooled': M=1) or the image prefix's
+                                   self-attention K/V ('prefix': M=N).
+    }}
+
+S is `cache_len` (default max_len); H = num_heads, Dh = width // num_heads;
+K/V are stored in `dtype_mm`. Two module methods, both deterministic:
+
+  logits, cache = model.apply(params, image_tokens, tokens, lengths,
+                              cache_len=S, method=Model.prefill)
+      tokens [B, T] is a right-padded prompt block (T <= S); lengths [B] >= 1
+      counts each example's valid tokens, which are all treated as the prefix
+      (bidirectional in 'prefix'), so pass the whole BOS+prompt+SEP with
+      lengths = prefix_len. Returns the next-token logits [B, V] float32 at
+      position lengths-1, and the cache with pos = lengths.
+
+  logits, cache = model.apply(params, cache, token, method=Model.extend)
+      token [B] int32 is written at each example's own position cache["pos"]
+      (then pos += 1); returns logits [B, V] float32 for the next token. It
+      never reads the image or the projection, and no example reads another
+      example's cache. Stop before pos reaches S: writes past the end are
+      dropped.
+
+Both are jit- and lax.while_loop-friendly (static shapes, no token loops).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CONDITIONINGS = ("cross", "prefix", "pooled")
+LN_EPS = 1e-6
+
+# Matmuls take `dtype_mm` inputs but always accumulate and return float32.
+_dot_f32 = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+_NEG_INF = jnp.finfo(jnp.float32).min
+
+
+def _dense(features, dtype_mm, axis=-1):
+    return nn.DenseGeneral(features, axis=axis, dtype=dtype_mm, dot_general=_dot_f32,
+                           kernel_init=nn.initializers.xavier_uniform())
+
+
+def _attend(q, segments, dtype_mm):
+    """Softmax attention of q [B, Tq, H, Dh] over the concatenation of key segments.
+
+    Each segment is (k, v, mask) with k, v [B, Tk, H, Dh] and mask bool
+    [B, Tq, Tk] (or None = all visible). Splitting keys into segments lets a
+    decode step attend jointly to cached image K/V and the text cache
+    without copying them into one buffer. Returns [B, Tq, H, Dh] float32.
+    """
+    q = (q * q.shape[-1] ** -0.5).astype(dtype_mm)
+    logits = []
+    for k, _, mask in segments:
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(dtype_mm), preferred_element_type=jnp.float32)
+        logits.append(s if mask is None else jnp.where(mask[:, None], s, _NEG_INF))
+    probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1).astype(dtype_mm)
+    out, start = 0.0, 0
+    for k, v, _ in segments:
+        p = probs[..., start:start + k.shape[1]]
+        out = out + jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(dtype_mm),
+                               preferred_element_type=jnp.float32)
+        start += k.shape[1]
+    return out
+
+
+class Attention(nn.Module):
+    """Multi-head attention projections; query and key/value are separate methods
+    so cached K/V can be reused without recomputing them."""
+
+    width: int
+    num_heads: int
+    dtype_mm: str = "float32"
+
+    def setup(self):
+        heads = (self.num_heads, self.width // self.num_heads)
+        self.query = _dense(heads, self.dtype_mm)
+        self.key = _dense(heads, self.dtype_mm)
+        self.value = _dense(heads, self.dtype_mm)
+        self.out = _dense(self.width, self.dtype_mm, axis=(-2, -1))
+
+    def key_value(self, x):
+        return self.key(x).astype(self.dtype_mm), self.value(x).astype(self.dtype_mm)
+
+    def __call__(self, x, segments):
+        return self.out(_attend(self.query(x), segments, self.dtype_mm))
+
+
+class Block(nn.Module):
+    """Pre-LN decoder block: self-attention, [cross-attention,] MLP."""
+
+    width: int
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    cross: bool = True
+    dtype_mm: str = "float32"
+
+    def setup(self):
+        attn = functools.partial(Attention, self.width, self.num_heads, self.dtype_mm)
+        self.ln_sa, self.sa = nn.LayerNorm(LN_EPS), attn()
+        if self.cross:
+            self.ln_xa, self.xa = nn.LayerNorm(LN_EPS), attn()
+        self.ln_mlp = nn.LayerNorm(LN_EPS)
+        self.mlp_in = _dense(self.mlp_dim, self.dtype_mm)
+        self.mlp_out = _dense(self.width, self.dtype_mm)
+        self.drop = nn.Dropout(self.dropout)
+
+    def _rest(self, x, mk, mv, deterministic):
+        if self.cross:
+            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, None)]), deterministic)
+        y = self.mlp_out(nn.gelu(self.mlp_in(self.ln_mlp(x))))
+        return x + self.drop(y, deterministic)
+
+    def __call__(self, x, mask, mem=None, deterministic=True):
+        """Whole sequence x [B, T, W] with mask [B, T, T]; mem [B, M, W] if cross.
+
+        Returns x and this layer's K/V ({"k","v"[, "mk","mv"]}) for a cache.
+        """
+        y = self.ln_sa(x)
+        k, v = self.sa.key_value(y)
+        x = x + self.drop(self.sa(y, [(k, v, mask)]), deterministic)
+        kv = {"k": k, "v": v}
+        if self.cross:
+            kv["mk"], kv["mv"] = self.xa.key_value(mem)
+        return self._rest(x, kv.get("mk"), kv.get("mv"), deterministic), kv
+
+    def step(self, x, layer, pos, mask):
+        """One token x [B, 1, W] per example at positions pos [B] with key mask [B, 1, S]."""
+        y = self.ln_sa(x)
+        k, v = self.sa.key_value(y)
+        rows = jnp.arange(x.shape[0])
+        layer = {**layer, "k": layer["k"].at[rows, pos].set(k[:, 0], mode="drop"),
+                 "v": layer["v"].at[rows, pos].set(v[:, 0], mode="drop")}
+        segments = [(layer["k"], layer["v"], mask)]
+        if not self.cross:  # prefix-LM: the image K/V are the first keys of self-attention.
+            segments.insert(0, (layer["mk"], layer["mv"], None))
+        x = x + self.sa(y, segments)
+        return self._rest(x, layer["mk"], layer["mv"], True), layer
+
+
+class Model(nn.Module):
+    """Text decoder conditioned on image tokens; see the module docstring."""
+
+    vocab_size: int
+    width: int = 512
+    depth: int = 2
+    num_heads: int = 8
+    mlp_dim: int | None = None  # None means 4 * width.
+    dropout: float = 0.0
+    max_len: int = 64
+    tie_embeddings: bool = True
+    conditioning: str = "cross"
+    dtype_mm: str = "float32"
+
+    def setup(self):
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; expected one of {CONDITIONINGS}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+        emb_init = nn.initializers.normal(stddev=self.width ** -0.5)
+        self.img_proj = _dense(self.width, self.dtype_mm)
+        self.embed = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init)
+        self.pos_embedding = self.param("pos_embedding", emb_init, (self.max_len, self.width))
+        self.blocks = [
+            Block(self.width, self.num_heads, self.mlp_dim or 4 * self.width, self.dropout,
+                  cross=self.conditioning != "prefix", dtype_mm=self.dtype_mm)
+            for _ in range(self.depth)]
+        self.ln_out = nn.LayerNorm(LN_EPS)
+        if not self.tie_embeddings:
+            self.head = _dense(self.vocab_size, self.dtype_mm)
+        self.drop = nn.Dropout(self.dropout)
+
+    def _memory(self, image_tokens):
+        x = jnp.asarray(image_tokens, jnp.float32)
+        if self.conditioning == "pooled":
+            # Projecting is affine, so pooling first is exact and N times cheaper.
+            x = jnp.mean(x, axis=1, keepdims=True)
+        return self.img_proj(x)
+
+    def _embed(self, tokens, positions, deterministic):
+        x = self.embed(tokens) + self.pos_embedding[positions]
+        return self.drop(x, deterministic)
+
+    def _logits(self, x):
+        x = self.ln_out(x)
+        if self.tie_embeddings:
+            return jnp.einsum("...d,vd->...v", x.astype(self.dtype_mm),
+                              self.embed.embedding.astype(self.dtype_mm),
+                              preferred_element_type=jnp.float32)
+        return self.head(x).astype(jnp.float32)
+
+    def _forward(self, image_tokens, tokens, prefix_len, deterministic):
+        """Teacher-forced pass. Returns text hidden states [B, T, W] and per-layer K/V."""
+        if image_tokens.ndim != 3 or tokens.ndim != 2:
+            raise ValueError(f"expected image_tokens [B, N, D] and tokens [B, L], got "
+                             f"{image_tokens.shape} and {tokens.shape}")
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f"{tokens.shape[1]} text tokens exceed max_len={self.max_len}")
+        mem = self._memory(image_tokens)
+        t = tokens.shape[1]
+        x = self._embed(tokens, jnp.arange(t), deterministic)
+        # Key j is visible from query i iff pos[j] <= limit[i]. Text positions
+        # are 0..T-1; image tokens count as position -1 (before all text).
+        pos = jnp.arange(t)
+        if self.conditioning == "prefix":
+            x = jnp.concatenate([mem, x], axis=1)
+            pos = jnp.concatenate([jnp.full(mem.shape[1], -1), pos])
+            limit = jnp.maximum(pos[None], jnp.asarray(prefix_len)[:, None] - 1)
+        else:
+            limit = pos[None]
+        mask = pos[None, None, :] <= limit[:, :, None]
+        layers = []
+        for block in self.blocks:
+            x, kv = block(x, mask, None if self.conditioning == "prefix" else mem, deterministic)
+            layers.append(kv)
+        return x[:, x.shape[1] - t:], layers
+
+    def __call__(self, image_tokens, tokens, prefix_len, *, train=False):
+        """Teacher-forced logits [B, L, vocab] float32 for tokens [B, L] (= full[:, :-1]).
+
+        prefix_len [B] only matters for 'prefix' (it sets the bidirectional block).
+        """
+        h, _ = self._forward(image_tokens, tokens, prefix_len, not train)
+        return self._logits(h)
+
+    def prefill(self, image_tokens, tokens, lengths, *, cache_len=None):
+        """Runs the prompt block; returns (next-token logits [B, V], cache). See module docstring."""
+        cache_len = cache_len or self.max_len
+        if not tokens.shape[1] <= cache_len <= self.max_len:
+            raise ValueError(f"need prompt block length {tokens.shape[1]} <= cache_len {cache_len} "
+                             f"<= max_len {self.max_len}")
+        lengths = jnp.asarray(lengths, jnp.int32)
+        h, layers = self._forward(image_tokens, tokens, lengths, True)
+        last = h[jnp.arange(h.shape[0]), lengths - 1]
+        pad = [(0, 0), (0, cache_len - tokens.shape[1]), (0, 0), (0, 0)]
+        cache_layers = []
+        for kv in layers:
+            if self.conditioning == "prefix":  # Split the image part off the joint sequence.
+                m = kv["k"].shape[1] - tokens.shape[1]
+                kv = {"mk": kv["k"][:, :m], "mv": kv["v"][:, :m], "k": kv["k"][:, m:], "v": kv["v"][:, m:]}
+            cache_layers.append({**kv, "k": jnp.pad(kv["k"], pad), "v": jnp.pad(kv["v"], pad)})
+        return self._logits(last), {"pos": lengths, "layers": tuple(cache_layers)}
+
+    def extend(self, cache, token):
+        """Feeds token [B] at each example's cache["pos"]; returns (logits [B, V], cache)."""
+        pos = cache["pos"]
+        x = self._embed(jnp.asarray(token)[:, None], pos[:, None], True)
+        slots = cache["layers"][0]["k"].shape[1]
+        mask = (jnp.arange(slots)[None, :] <= pos[:, None])[:, None, :]
+        layers = []
+        for block, layer in zip(self.blocks, cache["layers"]):
+            x, layer = block.step(x, layer, pos, mask)
+            layers.append(layer)
+        return self._logits(x[:, 0]), {"pos": pos + 1, "layers": tuple(layers)}

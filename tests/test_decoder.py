@@ -1,0 +1,257 @@
+"""Decoder: teacher forcing vs KV-cached decoding, attention masks, cache API, parameter counts."""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from litlab.models import decoder
+
+B, N, D_ENC, VOCAB, MAX_LEN = 3, 5, 12, 37, 16
+SEQ = 12                               # teacher-forced input length (tokens[:, :-1])
+PREFIX_LEN = np.array([3, 6, 2])       # BOS + prompt + SEP, different per example
+STEPS = SEQ - int(PREFIX_LEN.max())    # decode steps after prefill; one value, so one compile
+# Dropout is on, so every eval/cached comparison also checks that it is off outside training.
+CFG = dict(vocab_size=VOCAB, width=16, depth=2, num_heads=2, mlp_dim=24, max_len=MAX_LEN, dropout=0.2)
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    image_tokens = jnp.asarray(rng.normal(size=(B, N, D_ENC)).astype(np.float32))
+    return image_tokens, rng.integers(1, VOCAB, (B, SEQ), dtype=np.int32)
+
+
+def _prompt_block(tokens, lengths):
+    """Right-padded prompt block; the padding is junk (not PAD) to prove it is ignored."""
+    t = int(lengths.max())
+    junk = np.arange(1, t + 1)[None] % (VOCAB - 1) + 1
+    return jnp.asarray(np.where(np.arange(t)[None] < lengths[:, None], tokens[:, :t], junk))
+
+
+def _random_params(model, seed=1):
+    """Random values in the model's param tree, instead of its init.
+
+    Every bias and LayerNorm offset is then nonzero, so the tests exercise
+    them, and no init has to be compiled.
+    """
+    image_tokens, tokens = _inputs()
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), image_tokens, tokens, PREFIX_LEN)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape).astype(s.dtype)), shapes)
+
+
+class Harness:
+    """One model with jitted forward / prefill / extend, compiled once per conditioning."""
+
+    def __init__(self, conditioning):
+        self.model = decoder.Model(**CFG, conditioning=conditioning)
+        self.params = _random_params(self.model)
+        self.forward = jax.jit(self.model.apply)
+        self.prefill = jax.jit(functools.partial(self.model.apply, method=self.model.prefill))
+        self.extend = jax.jit(functools.partial(self.model.apply, method=self.model.extend))
+
+    def decode(self, image_tokens, tokens, lengths, step_params=None):
+        """Prefill the prompts, then feed the teacher tokens one by one with `extend`.
+
+        Returns logits [B, STEPS + 1, V] (row s predicts the token at lengths + s)
+        and the final cache. `step_params` (default: the params) go to `extend` only.
+        """
+        logits, cache = self.prefill(self.params, image_tokens, _prompt_block(tokens, lengths), lengths)
+        out = [logits]
+        for s in range(STEPS):
+            token = tokens[np.arange(len(lengths)), lengths + s]
+            logits, cache = self.extend(step_params or self.params, cache, token)
+            out.append(logits)
+        return jnp.stack(out, axis=1), cache
+
+
+@functools.cache
+def _harness(conditioning):
+    return Harness(conditioning)
+
+
+@pytest.fixture(params=decoder.CONDITIONINGS)
+def harness(request):
+    return _harness(request.param)
+
+
+def _teacher_rows(logits, lengths, steps):
+    """Teacher-forced logits at positions lengths-1 .. lengths-1+steps, as [B, steps+1, V]."""
+    idx = lengths[:, None] - 1 + np.arange(steps + 1)[None]
+    return np.take_along_axis(np.asarray(logits), idx[:, :, None], axis=1)
+
+
+def test_cached_decoding_matches_teacher_forcing(harness):
+    image_tokens, tokens = _inputs()
+    full = harness.forward(harness.params, image_tokens, tokens, PREFIX_LEN)
+    assert full.shape == (B, SEQ, VOCAB) and full.dtype == jnp.float32
+    cached, cache = harness.decode(image_tokens, tokens, PREFIX_LEN)
+    np.testing.assert_allclose(cached, _teacher_rows(full, PREFIX_LEN, STEPS), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(cache["pos"], PREFIX_LEN + STEPS)
+
+
+def test_cache_layout_and_beam_reorder(harness):
+    image_tokens, tokens = _inputs()
+    _, cache = harness.decode(image_tokens, tokens, PREFIX_LEN)
+    h, dh = CFG["num_heads"], CFG["width"] // CFG["num_heads"]
+    m = 1 if harness.model.conditioning == "pooled" else N
+    assert len(cache["layers"]) == CFG["depth"]
+    for layer in cache["layers"]:
+        assert layer["k"].shape == layer["v"].shape == (B, MAX_LEN, h, dh)
+        assert layer["mk"].shape == layer["mv"].shape == (B, m, h, dh)
+    assert all(x.shape[0] == B for x in jax.tree.leaves(cache))
+    assert cache["pos"].dtype == jnp.int32
+    # extend returns a cache of identical structure, shapes and dtypes: a valid while_loop carry.
+    _, after = jax.eval_shape(harness.extend, harness.params, cache, tokens[:, 0])
+    assert jax.tree.structure(after) == jax.tree.structure(cache)
+    assert all(a.shape == c.shape and a.dtype == c.dtype
+               for a, c in zip(jax.tree.leaves(after), jax.tree.leaves(cache)))
+    # A beam search reorders the cache along its batch axis; decoding then follows the rows.
+    order = np.array([2, 0, 0])
+    token = tokens[:, 0]
+    ref, _ = harness.extend(harness.params, cache, token)
+    moved, _ = harness.extend(harness.params, jax.tree.map(lambda x: x[order], cache), token[order])
+    np.testing.assert_array_equal(moved, np.asarray(ref)[order])
+
+
+def test_causality(harness):
+    image_tokens, tokens = _inputs()
+    j = int(PREFIX_LEN.max()) + 2  # a target position in every example
+    changed = tokens.copy()
+    changed[:, j] = changed[:, j] % (VOCAB - 1) + 1
+    a = harness.forward(harness.params, image_tokens, tokens, PREFIX_LEN)
+    b = harness.forward(harness.params, image_tokens, changed, PREFIX_LEN)
+    np.testing.assert_allclose(a[:, :j], b[:, :j], atol=1e-6, rtol=0)
+    assert np.all(np.abs(a[:, j:] - b[:, j:]).max(axis=-1) > 1e-4)
+
+
+def test_prefix_lm_mask(harness):
+    image_tokens, tokens = _inputs()
+    prefix = harness.model.conditioning == "prefix"
+    fwd = functools.partial(harness.forward, harness.params, image_tokens)
+    base = np.asarray(fwd(tokens, PREFIX_LEN))
+    rows = np.arange(B)
+
+    # A later prompt token changes earlier prompt-position logits only in the prefix-LM.
+    later = PREFIX_LEN - 1  # the last prefix token (SEP)
+    changed = tokens.copy()
+    changed[rows, later] = changed[rows, later] % (VOCAB - 1) + 1
+    diff = np.abs(base - np.asarray(fwd(changed, PREFIX_LEN))).max(axis=-1)
+    for b in range(B):
+        assert (diff[b, :later[b]].min() > 1e-4) if prefix else (diff[b, :later[b]].max() <= 1e-6)
+
+    # No prompt position sees a target token, in any conditioning.
+    changed = tokens.copy()
+    changed[rows, PREFIX_LEN] = changed[rows, PREFIX_LEN] % (VOCAB - 1) + 1
+    diff = np.abs(base - np.asarray(fwd(changed, PREFIX_LEN))).max(axis=-1)
+    for b in range(B):
+        assert diff[b, :PREFIX_LEN[b]].max() <= 1e-6
+
+    # prefix_len is what moves the boundary (and only matters for the prefix-LM).
+    moved = np.asarray(fwd(tokens, PREFIX_LEN + 1))
+    assert (np.abs(moved - base).max() > 1e-4) == prefix
+
+
+def test_step_never_reads_image_or_projections(harness):
+    """extend takes no image, and the image projection and cross-attention K/V weights can be
+    NaN while it runs: image K/V come from the cache, computed once in prefill."""
+    image_tokens, tokens = _inputs()
+    image_only = r"img_proj/|/xa/(key|value)/"
+    poisoned = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, jnp.nan)
+        if re.search(image_only, jax.tree_util.keystr(path, simple=True, separator="/")) else x,
+        harness.params)
+    assert np.isnan(poisoned["params"]["img_proj"]["kernel"]).all()
+    ref, _ = harness.decode(image_tokens, tokens, PREFIX_LEN)
+    out, _ = harness.decode(image_tokens, tokens, PREFIX_LEN, step_params=poisoned)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_examples_are_independent(harness):
+    image_tokens, tokens = _inputs()
+    batched, _ = harness.decode(image_tokens, tokens, PREFIX_LEN)
+    # Example 1 alone (batch of one) ...
+    alone, _ = harness.decode(image_tokens[1:2], tokens[1:2], PREFIX_LEN[1:2])
+    np.testing.assert_allclose(alone[0], batched[1], atol=1e-6, rtol=0)
+    # ... and next to entirely different neighbours (other images, prompts and lengths).
+    other_img, other_tok = _inputs(seed=7)
+    other_img = other_img.at[1].set(image_tokens[1])
+    other_tok[1] = tokens[1]
+    lengths = np.array([5, PREFIX_LEN[1], 1])
+    mixed, _ = harness.decode(other_img, other_tok, lengths)
+    np.testing.assert_allclose(mixed[1], batched[1], atol=1e-6, rtol=0)
+
+
+def _expected_count(vocab_size, width, depth, mlp_dim, max_len, d_enc, conditioning, tie):
+    def dense(i, o):
+        return i * o + o
+
+    attention = 4 * dense(width, width)
+    layer_norm = 2 * width
+    block = layer_norm + attention + layer_norm + dense(width, mlp_dim) + dense(mlp_dim, width)
+    if conditioning != "prefix":
+        block += layer_norm + attention
+    count = vocab_size * width + max_len * width + dense(d_enc, width) + depth * block + layer_norm
+    return count + (0 if tie else dense(width, vocab_size))
+
+
+@pytest.mark.parametrize("conditioning", decoder.CONDITIONINGS)
+@pytest.mark.parametrize("cfg", [
+    dict(vocab_size=1000, width=256, depth=2, num_heads=4, mlp_dim=1024, max_len=64, tie=False),
+    dict(vocab_size=32000, width=384, depth=6, num_heads=6, mlp_dim=1536, max_len=32, tie=True),
+    dict(vocab_size=500, width=64, depth=1, num_heads=1, mlp_dim=None, max_len=8, tie=False),
+])
+def test_parameter_count(conditioning, cfg):
+    cfg = dict(cfg)
+    tie = cfg.pop("tie")
+    d_enc = 768
+    model = decoder.Model(**cfg, tie_embeddings=tie, conditioning=conditioning)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, d_enc)),
+                            jnp.zeros((1, 8), jnp.int32), jnp.ones((1,), jnp.int32))
+    count = sum(x.size for x in jax.tree.leaves(shapes))
+    mlp_dim = cfg["mlp_dim"] or 4 * cfg["width"]
+    assert count == _expected_count(cfg["vocab_size"], cfg["width"], cfg["depth"], mlp_dim,
+                                    cfg["max_len"], d_enc, conditioning, tie)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))
+
+
+def test_bfloat16_matmuls_keep_float32_params_and_logits():
+    h32 = _harness("prefix")
+    model = decoder.Model(**CFG, conditioning="prefix", dtype_mm="bfloat16")
+    image_tokens, tokens = _inputs()
+    l32 = h32.forward(h32.params, image_tokens, tokens, PREFIX_LEN)
+    l16 = jax.jit(model.apply)(h32.params, image_tokens, tokens, PREFIX_LEN)
+    assert l16.dtype == jnp.float32
+    assert 0 < np.abs(l16 - l32).max() < 0.1
+    prefill = functools.partial(model.apply, method=model.prefill)
+    logits, cache = jax.eval_shape(prefill, h32.params, image_tokens,
+                                   _prompt_block(tokens, PREFIX_LEN), PREFIX_LEN)
+    assert logits.dtype == jnp.float32
+    assert all(x.dtype == jnp.bfloat16 for layer in cache["layers"] for x in layer.values())
+
+
+def test_dropout_only_in_training():
+    h = _harness("cross")
+    image_tokens, tokens = _inputs()
+    ref = h.forward(h.params, image_tokens, tokens, PREFIX_LEN)
+    train = jax.jit(functools.partial(h.model.apply, train=True))
+    # rbg keys: the threefry dropout RNG takes seconds longer to compile on CPU.
+    a, b, c = (train(h.params, image_tokens, tokens, PREFIX_LEN,
+                     rngs={"dropout": jax.random.key(k, impl="rbg")}) for k in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3 and np.abs(a - ref).max() > 1e-3
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(conditioning="film"), "conditioning"),
+    (dict(num_heads=3), "divisible"),
+    (dict(max_len=8), "max_len"),
+])
+def test_config_errors(bad, match):
+    image_tokens, tokens = _inputs()
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(decoder.Model(**{**CFG, **bad}).init, jax.random.PRNGKey(0),
+                       image_tokens, tokens, PREFIX_LEN)
