@@ -1,0 +1,165 @@
+"""The encoder pretraining (litlab.pretrain), its linear probe, and the shipped encoder."""
+
+import json
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from litlab import pretrain, probe
+from litlab.configs import pretrain_encoder
+from litlab.data import scenes
+from litlab.models import vit
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "encoder" / "vit_pretrained.npz"
+CARD = ROOT / "data" / "encoder" / "CARD.md"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    config = pretrain_encoder.get_config("smoke")
+    out = tmp_path_factory.mktemp("enc") / "enc.npz"
+    params, summary = pretrain.train(config, out=str(out), progress=False)
+    return config, out, params, summary
+
+
+def test_labels_of_a_hand_built_scene():
+    rec = {"objects": [
+        {"shape": "circle", "color": "red", "size": "large", "center": (0.1, 0.15), "word": None},
+        {"shape": "star", "color": "blue", "size": "small", "center": (0.9, 0.5), "word": None}]}
+    got = pretrain.record_labels(rec)
+    assert got == {
+        "count/2",
+        "shape/circle", "color/red", "size/large", "color_shape/red circle", "size_color/large red",
+        "size_shape/large circle", "class/large red circle", "cell/0", "cell_color/0 red",
+        "cell_shape/0 circle",
+        "shape/star", "color/blue", "size/small", "color_shape/blue star", "size_color/small blue",
+        "size_shape/small star", "class/small blue star", "cell/5", "cell_color/5 blue",
+        "cell_shape/5 star"}
+    y = pretrain.multi_hot([rec])[0]
+    names = pretrain.label_names()
+    assert {names[i] for i in np.flatnonzero(y)} == got
+
+
+def test_tokens_are_owned_by_the_object_under_their_center():
+    objs = [{"bbox": (0, 0, 20, 20)}, {"bbox": (40, 33, 64, 41)}]
+    owner = pretrain.patch_objects(objs, 64, 8).reshape(8, 8)  # patch centers at 4, 12, 20, ...
+    expected = np.zeros((8, 8), np.int8)
+    expected[:2, :2] = 1
+    expected[4, 5:] = 2
+    np.testing.assert_array_equal(owner, expected)
+
+
+def test_dense_mask_skips_count_and_unlocated_letters():
+    names = np.array(pretrain.label_names())
+    groups = np.array([n.split("/")[0] for n in names])
+    scenes_mask = pretrain.dense_label_mask("text_scenes").astype(bool)
+    words_mask = pretrain.dense_label_mask("words").astype(bool)
+    assert set(groups[~scenes_mask]) == {"count"}
+    assert set(groups[~words_mask]) == {"count", "char", "char_at", "char_from_end", "length"}
+
+
+def test_labels_of_words():
+    worded = {"shape": "square", "color": "green", "size": "large", "center": (0.5, 0.9), "word": "ox"}
+    assert {"cell/7", "length/2", "char_at/1 x", "char_from_end/0 x"} <= pretrain.object_labels(worded)
+    got = pretrain.record_labels({"word": "cab"})
+    assert got == {"count/0", "length/3", "char/c", "char/a", "char/b", "char_at/0 c", "char_at/1 a",
+                   "char_at/2 b", "char_from_end/0 b", "char_from_end/1 a", "char_from_end/2 c"}
+    probs = pretrain.multi_hot([{"word": "cab"}, {"word": "zebra"}]).astype(float)
+    assert pretrain.read_words(probs) == ["cab", "zebra"]
+
+
+def test_held_out_pair_has_no_label():
+    color, shape = scenes.HELD_OUT_PAIRS[0]
+    rec = {"objects": [{"shape": shape, "color": color, "size": "small", "center": (0.5, 0.5)}]}
+    with pytest.raises(KeyError, match="not in the vocabulary"):
+        pretrain.multi_hot([rec])
+
+
+def test_labels_of_rendered_records_are_consistent():
+    recs = [scenes.SOURCES[s].get("train", i, seed=10_000) for s in scenes.SOURCES for i in range(5)]
+    y = pretrain.multi_hot(recs)
+    names = pretrain.label_names()
+    for rec, row in zip(recs, y):
+        on = {names[i] for i in np.flatnonzero(row)}
+        assert f"count/{len(rec.get('objects', []))}" in on
+        for o in rec.get("objects", []):
+            assert f"class/{o['size']} {o['color']} {o['shape']}" in on
+        if "word" in rec:
+            assert f"length/{len(rec['word'])}" in on
+
+
+def test_average_precision():
+    assert pretrain.average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+    assert pretrain.average_precision(np.array([0.9, 0.8, 0.1]), np.array([0, 1, 0])) == 0.5
+
+
+def test_batches_are_a_pure_function_of_step_and_seed():
+    a = pretrain.batch_indices(10, 4, 3, seed=1)
+    assert np.array_equal(a, pretrain.batch_indices(10, 4, 3, seed=1))
+    epoch = np.concatenate([pretrain.batch_indices(10, 5, s, seed=1) for s in range(2)])
+    assert sorted(epoch) == list(range(10))
+
+
+def test_smoke_training_learns_and_saves_the_encoder(smoke_run):
+    config, out, params, summary = smoke_run
+    losses = [entry["loss"] for entry in summary["loss"]]
+    assert len(losses) == config.total_steps
+    # The pool is one batch, seen every step: the model must fit it.
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    assert summary["val"][-1]["step"] == config.total_steps
+    assert 0 < summary["val"][-1]["mAP"] <= 1
+
+    loaded = vit.load_params(out)
+    assert "head" not in loaded
+    keys = set(vit.flatten(loaded))
+    assert {"embedding/kernel", "embedding/bias", "Transformer/encoder_norm/scale",
+            "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel",
+            "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel"} <= keys
+    assert not any(k.startswith("head") for k in keys)
+    assert summary["sha256"] == pretrain.sha256(out)
+    for k, v in vit.flatten(params).items():
+        np.testing.assert_array_equal(vit.flatten(loaded)[k], v)
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections' file loader
+def test_cli_overrides_out_and_determinism(smoke_run, tmp_path, capsys):
+    _, _, _, summary = smoke_run
+    out = tmp_path / "cli.npz"
+    # Same warmup, so the first 3 losses must match the fixture's run to the bit.
+    pretrain.main(["--config", f"{pretrain.DEFAULT_CONFIG}:smoke", "--config.total_steps=3",
+                   "--out", str(out)])
+    printed = json.loads(capsys.readouterr().out)  # stdout is the summary alone
+    assert printed["steps"] == 3 and printed["out"] == str(out)
+    assert printed["loss"] == summary["loss"][:3]
+    assert vit.load_params(out)["embedding"]["kernel"].shape == (8, 8, 3, 32)
+
+
+def test_probe_runs_on_a_tiny_split(smoke_run):
+    config, _, params, _ = smoke_run
+    res = probe.linear_probe(params, config.model, train_limit=48, test_limit=16, steps=50)
+    assert res["n_train"] == 48 and res["n_test"] == 16 and res["feature_dim"] == config.model.width
+    assert res["train_top1"] > 0.5  # 48 images, ~40 classes, 32 dims: separable
+    assert 0 <= res["test_top1"] <= 1
+
+
+def test_shipped_encoder_loads_and_matches_its_card():
+    config = pretrain_encoder.get_config()
+    card = CARD.read_text()
+    digest = re.search(r"sha256[^0-9a-f]*([0-9a-f]{64})", card)
+    assert digest, "CARD.md must state the sha256 of the shipped .npz"
+    assert pretrain.sha256(SHIPPED) == digest.group(1)
+    assert SHIPPED.stat().st_size < 15 * 2**20
+
+    model = vit.Model(**config.model)
+    res = config.data.resolution
+    init = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, res, res, 3)))["params"]
+    params = vit.load(init, SHIPPED, config.model)
+    images = np.stack([scenes.SOURCES["objects"].get("test", i)["image"] for i in range(2)])
+    _, out = model.apply({"params": params}, pretrain.preprocess(images))
+    assert out["encoded"].shape == (2, (res // config.model.patch_size[0]) ** 2, config.model.width)
+    assert np.isfinite(np.asarray(out["encoded"])).all()
