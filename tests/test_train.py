@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from litlab import checkpoints, train
+from litlab.configs import quickstart
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 12
+
+
+def smoke(**overrides):
+    c = quickstart.get_config("smoke")
+    c.total_steps = STEPS
+    c.checkpoint_every = 4
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def _params(workdir):
+    """Final params straight from the latest checkpoint."""
+    from litlab.data.tokenizer import Tokenizer
+    config = smoke()
+    model = train.build_model(config, Tokenizer().vocab_size)
+    params = train.init_params(model, config)
+    tx, _ = train.make_optimizer(config, params, train.make_schedule(config))
+    abstract = jax.eval_shape(lambda: train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)))
+    ck = checkpoints.Checkpointer(workdir)
+    state, step = ck.restore(abstract)
+    ck.close()
+    return jax.device_get(state.params), step
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ref")
+    run = train.train(smoke(), workdir, progress=False, evaluate_at_end=False)
+    return run, workdir
+
+
+def test_smoke_run_logs_checkpoints_and_freezes_the_encoder(reference_run):
+    run, workdir = reference_run
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert {"loss/objects_cls", "accuracy/words_ocr"} <= set().union(*rows)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [8, 12]
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    # The frozen encoder is bit-identical to its initialization; the decoder moved.
+    init = train.init_params(run.model, run.config)
+    for a, b in zip(jax.tree.leaves(init["img"]), jax.tree.leaves(run.params["img"])):
+        np.testing.assert_array_equal(a, b)
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(init["decoder"]),
+                                                          jax.tree.leaves(run.params["decoder"]))]
+    assert all(moved)
+
+
+def test_cached_features_give_the_encoder_in_the_loop_curve(reference_run, tmp_path):
+    cached, _ = reference_run
+    live = train.train(smoke(feature_cache="none"), tmp_path, progress=False, evaluate_at_end=False)
+    a = [r["loss"] for r in cached.history]
+    b = [r["loss"] for r in live.history]
+    np.testing.assert_allclose(a, b, rtol=2e-3)  # the cache stores bfloat16 features
+
+
+def test_sigkill_and_rerun_reaches_bit_identical_params(reference_run, tmp_path):
+    ref_params, _ = _params(reference_run[1])
+    cmd = [sys.executable, "-m", "litlab.train", "--config", "litlab/configs/quickstart.py:smoke",
+           "--workdir", str(tmp_path), f"--config.total_steps={STEPS}", "--config.checkpoint_every=4"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = tmp_path / "checkpoints" / "4"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), proc.stderr.read().decode()[-2000:]
+    assert not (tmp_path / "train_summary.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stdout
+    params, step = _params(tmp_path)
+    assert step == STEPS
+    for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_path):
+    import shutil
+    shutil.copytree(reference_run[1] / "checkpoints", tmp_path / "checkpoints")
+    for f in (tmp_path / "checkpoints" / "12").rglob("*"):
+        if f.is_file() and f.stat().st_size > 64:
+            f.write_bytes(b"\0" * 16)
+    with pytest.warns(UserWarning, match=r"checkpoints/12 could not be restored.*falling back"):
+        _, step = _params(tmp_path)
+    assert step == 8
+
+
+def test_second_run_in_the_same_workdir_refuses(tmp_path):
+    with checkpoints.workdir_lock(tmp_path):
+        with pytest.raises(checkpoints.WorkdirBusy, match=f"workdir {tmp_path} is in use by another litlab run"):
+            train.train(smoke(), tmp_path, progress=False, evaluate_at_end=False)
+
+
+def test_nan_loss_stops_naming_step_and_checkpoint(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step \d+; stopping. Last good checkpoint"):
+        train.train(smoke(**{"optimizer.lr": float("nan")}), tmp_path, progress=False, evaluate_at_end=False)
+
+
+def test_unknown_config_key_lists_close_valid_keys():
+    c = smoke()
+    c.unlock()
+    c.optimizer.lerning_rate = 1.0
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): 'optimizer.lerning_rate' \(did you mean"):
+        train.check_config(c)
+
+
+def test_determinism_same_config_same_losses(reference_run, tmp_path):
+    again = train.train(smoke(), tmp_path, progress=False, evaluate_at_end=False)
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in reference_run[0].history]
