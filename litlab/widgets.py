@@ -40,3 +40,83 @@ def task_browser(splits: dict[str, tasks.TaskSplit]) -> widgets.Widget:
     index.observe(show, "value")
     show()
     return widgets.VBox([widgets.HBox([pick, index]), widgets.HBox([image, text])])
+
+
+def prompt_explorer(model, params, tok, splits: dict[str, tasks.TaskSplit],
+                    methods=("greedy", "beam:4", "sample:t=0.8,k=20")) -> widgets.Widget:
+    """Pick an example, edit its prompt (or write your own), choose a decoding method, generate."""
+    from litlab import prompting
+
+    pick = widgets.Dropdown(options=list(splits), description="task")
+    index = widgets.IntSlider(0, 0, len(next(iter(splits.values()))) - 1, description="example")
+    prompt = widgets.Text(description="prompt", layout=widgets.Layout(width="60%"))
+    method = widgets.Dropdown(options=list(methods), description="decode")
+    go = widgets.Button(description="Generate", button_style="primary")
+    image = widgets.Image(format="png", width=VIEW_SIZE, height=VIEW_SIZE)
+    out = widgets.HTML()
+
+    def current():
+        ts = splits[pick.value]
+        index.max = len(ts) - 1
+        return ts, min(index.value, index.max)
+
+    def show(*_):
+        ts, i = current()
+        image.value = _png(ts.images[ts.image_index[i]])
+        prompt.value = ts.turns[i][0][0]
+        out.value = f"<p><b>references</b>: {', '.join(repr(r) for r in ts.references[i][:10])}</p>"
+
+    def generate(*_):
+        ts, i = current()
+        try:
+            text = repr(prompting.answer(model, params, tok, ts.images[ts.image_index[i]][None], [prompt.value],
+                                         method=method.value)[0])
+        except ValueError as e:  # e.g. a prompt too long for the model: say so in the widget
+            text = f"<span style='color:#b00'>{e}</span>"
+        out.value = (f"<p><b>model</b>: {text}</p>"
+                     f"<p><b>references</b>: {', '.join(repr(r) for r in ts.references[i][:10])}</p>")
+
+    pick.observe(show, "value")
+    index.observe(show, "value")
+    go.on_click(generate)
+    show()
+    return widgets.VBox([widgets.HBox([pick, index]), widgets.HBox([prompt, method, go]),
+                         widgets.HBox([image, out])])
+
+
+def predictions_browser(rows: list[dict], images: dict[str, object] | None = None) -> widgets.Widget:
+    """Step through decoded outputs (rows of predictions.jsonl), optionally only the wrong ones."""
+    if not rows:
+        raise ValueError("predictions_browser needs at least one prediction row.")
+    task_names = sorted({r["task"] for r in rows})
+    pick = widgets.Dropdown(options=task_names, description="task")
+    only_wrong = widgets.Checkbox(False, description="only mismatches")
+    index = widgets.IntSlider(0, 0, 0, description="row")
+    text = widgets.HTML()
+    image = widgets.Image(format="png", width=VIEW_SIZE, height=VIEW_SIZE)
+
+    def selected():
+        sel = [r for r in rows if r["task"] == pick.value]
+        if only_wrong.value:
+            sel = [r for r in sel if r["prediction"].strip().lower() not in
+                   {x.strip().lower() for x in r["references"]}]
+        return sel
+
+    def show(*_):
+        sel = selected()
+        index.max = max(len(sel) - 1, 0)
+        if not sel:
+            text.value = "<p>no rows</p>"
+            return
+        r = sel[min(index.value, index.max)]
+        if images and r["image_id"] in images:
+            image.value = _png(images[r["image_id"]])
+        text.value = (f"<p><i>{r['image_id']}</i></p><p><b>prompt</b> {r['prompt']!r}</p>"
+                      f"<p><b>prediction</b> {r['prediction']!r}</p>"
+                      f"<p><b>references</b> {', '.join(repr(x) for x in r['references'][:10])}</p>"
+                      f"<p>{len(sel)} rows</p>")
+
+    for w in (pick, only_wrong, index):
+        w.observe(show, "value")
+    show()
+    return widgets.VBox([widgets.HBox([pick, only_wrong, index]), widgets.HBox([image, text])])

@@ -1,0 +1,43 @@
+"""Prompt a trained model with your own text: the function behind the notebook prompt widget."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from litlab import decode
+from litlab.data.tokenizer import Tokenizer
+
+
+def answer(model, params, tok: Tokenizer, images: np.ndarray, prompts: list[str], *, method: str = "greedy",
+           max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
+    """Generated text for each (uint8 image [R, R, 3], prompt) pair.
+
+    The prompt is laid out exactly as in training (BOS prompt SEP), so a prompt written the way a
+    task's prompts are written gets that task's behaviour; anything else shows how the decoder
+    generalizes.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [B, R, R, 3], got {images.dtype} {images.shape}.")
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts.")
+    ids = [[tok.bos_id] + p + [tok.sep_id] for p in tok.encode(prompts)]
+    longest = max(len(i) for i in ids)
+    max_len = model.decoder_cfg["max_len"]
+    max_new_tokens = max_new_tokens or max_len - longest
+    if longest + max(max_new_tokens, 1) > max_len:
+        raise ValueError(f"a prompt is {longest} tokens long, and with max_new_tokens={max_new_tokens} that "
+                         f"exceeds this model's {max_len} tokens; shorten the prompt or ask for fewer tokens.")
+    block = np.full((len(ids), longest), tok.pad_id, np.int32)
+    for i, row in enumerate(ids):
+        block[i, :len(row)] = row
+    out = decode.generate(model, params, jnp.asarray(block), jnp.asarray([len(r) for r in ids], jnp.int32),
+                          images=jnp.asarray(images, jnp.float32) / 127.5 - 1.0, method=method,
+                          max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                          rng=jax.random.PRNGKey(seed))
+    tokens = np.asarray(out[0])
+    if tokens.ndim == 3:  # beam search: the best hypothesis
+        tokens = tokens[:, 0]
+    return tok.decode_batch(tokens)

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+
+from litlab import demo, evaluate, prompting, report, widgets
+from litlab.configs import quickstart
+from litlab.data import tasks
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    out = demo.run(workdir, config=quickstart.get_config("smoke"), progress=False)
+    return workdir, out
+
+
+def test_score_predictions_uses_each_metric():
+    refs = [["two"] * 10, ["red"] * 7 + ["dark red"] * 3]
+    m = evaluate.score_predictions(("vqa_accuracy", "exact_match", "anls"), ["2", "dark red"], refs)
+    # Official rule: unanimous answers are not normalized ("2" != "two": 0); 3 of 10 match: 0.9.
+    assert m["vqa_accuracy"] == pytest.approx((0.0 + 0.9) / 2)
+    assert m["exact_match"] == pytest.approx(0.5)
+    assert evaluate.score_predictions(("cer",), ["cat"], [["car"]])["cer"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        evaluate.score_predictions(("bleu",), ["a"], [["a"]])
+    with pytest.raises(ValueError, match="2 predictions but 1 reference lists"):
+        evaluate.score_predictions(("exact_match",), ["a", "b"], [["a"]])
+    with pytest.raises(ValueError, match=r"examples \[0\] have no references"):
+        evaluate.score_predictions(("exact_match",), ["a"], [[]])
+
+
+def test_demo_writes_metrics_predictions_and_report(smoke_run):
+    workdir, out = smoke_run
+    metrics = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())
+    assert set(metrics) == {"objects_cls", "scenes_caption", "scenes_vqa", "words_ocr", "text_vqa"}
+    assert "exact_match_scoring" in metrics["objects_cls"] and "cider_d" in metrics["scenes_caption"]
+    rows = [json.loads(l) for l in (workdir / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
+    assert {"task", "image_id", "prompt", "prediction", "references"} <= set(rows[0])
+    n = quickstart.get_config("smoke").eval.limit
+    assert sum(r["task"] == "objects_cls" for r in rows) == n
+    assert (workdir / "report" / "loss.png").stat().st_size > 1000
+    assert json.loads((workdir / "report" / "report.json").read_text())["metrics"] == metrics
+    assert "objects_cls" in report.table(metrics)
+
+
+def test_evaluate_cli_reloads_the_workdir(smoke_run, capsys):
+    workdir, _ = smoke_run
+    assert evaluate.main(["--workdir", str(workdir), "--split", "compositional", "--decode", "beam:2",
+                          "--limit", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["split"] == "compositional" and printed["step"] == quickstart.get_config("smoke").total_steps
+    assert (workdir / "eval" / "compositional" / "metrics.json").is_file()
+
+
+def test_evaluate_cli_errors(tmp_path, capsys):
+    assert evaluate.main(["--workdir", str(tmp_path)]) == 2
+    assert "config.json not found: is" in capsys.readouterr().err
+
+
+def test_prompting_and_widgets(smoke_run):
+    workdir, _ = smoke_run
+    config, model, params, tok, _ = evaluate.load_workdir(workdir)
+    ts = tasks.load_task("scenes_vqa", "test", limit=2)
+    imgs = ts.images[ts.image_index[:2]]
+    a = prompting.answer(model, params, tok, imgs, ["how many circles are there?", "what color?"], max_new_tokens=4)
+    b = prompting.answer(model, params, tok, imgs[:1], ["how many circles are there?"], max_new_tokens=4)
+    assert len(a) == 2 and a[0] == b[0]  # batch neighbours do not change an answer
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        prompting.answer(model, params, tok, imgs, ["x"])
+    with pytest.raises(ValueError, match="shorten the prompt"):
+        prompting.answer(model, params, tok, imgs[:1], ["word " * 60])
+    w = widgets.prompt_explorer(model, params, tok, {"scenes_vqa": ts})
+    go, out = w.children[1].children[2], w.children[2].children[1]
+    go.click()
+    assert "<b>model</b>: '" in out.value
+    w.children[1].children[0].value = "word " * 60
+    go.click()
+    assert "shorten the prompt" in out.value
+    rows = [json.loads(l) for l in (workdir / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
+    pb = widgets.predictions_browser(rows)
+    assert "prediction" in pb.children[1].children[1].value
