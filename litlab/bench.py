@@ -80,7 +80,28 @@ def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: floa
     return out
 
 
-SUITES = {"pipeline": bench_pipeline, "decode": bench_decode}
+def bench_train(*, steps: int = 20, limit: int = 256) -> dict:
+    """Quickstart-size train steps/s with the frozen-feature cache vs the encoder in the loop,
+    and float32 vs bfloat16 matmuls, side by side (compilation excluded)."""
+    import tempfile
+
+    from litlab import train
+    from litlab.configs import quickstart
+
+    out = {}
+    for name, overrides in (("cached_bf16", {}), ("encoder_in_loop_bf16", {"feature_cache": "none"}),
+                            ("cached_f32", {"matmul_precision": "float32"})):
+        c = quickstart.get_config()
+        c.total_steps, c.checkpoint_every, c.log_every, c.data.limit = steps, steps, steps, limit
+        c.update(overrides)
+        with tempfile.TemporaryDirectory() as workdir:
+            out[f"{name}_steps_per_s"] = train.train(c, workdir, progress=False, evaluate_at_end=False).steps_per_s
+    out["cache_speedup"] = round(out["cached_bf16_steps_per_s"] / out["encoder_in_loop_bf16_steps_per_s"], 2)
+    out["bf16_speedup"] = round(out["cached_bf16_steps_per_s"] / out["cached_f32_steps_per_s"], 2)
+    return out
+
+
+SUITES = {"pipeline": bench_pipeline, "decode": bench_decode, "train": bench_train}
 
 
 def main(argv=None) -> None:
