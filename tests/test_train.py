@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from litlab import checkpoints, train
+from litlab import checkpoints, evaluate, train
 from litlab.configs import quickstart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,17 +31,9 @@ def smoke(**overrides):
 
 
 def _params(workdir):
-    """Final params straight from the latest checkpoint."""
-    from litlab.data.tokenizer import Tokenizer
-    config = smoke()
-    model = train.build_model(config, Tokenizer().vocab_size)
-    params = train.init_params(model, config)
-    tx, _ = train.make_optimizer(config, params, train.make_schedule(config))
-    abstract = jax.eval_shape(lambda: train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)))
-    ck = checkpoints.Checkpointer(workdir)
-    state, step = ck.restore(abstract)
-    ck.close()
-    return jax.device_get(state.params), step
+    """Final params and step straight from the latest checkpoint."""
+    _, _, params, _, step = evaluate.load_workdir(workdir)
+    return params, step
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +95,7 @@ def test_sigkill_and_rerun_reaches_bit_identical_params(reference_run, tmp_path)
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_path):
     import shutil
     shutil.copytree(reference_run[1] / "checkpoints", tmp_path / "checkpoints")
+    shutil.copy(reference_run[1] / "config.json", tmp_path)
     for f in (tmp_path / "checkpoints" / "12").rglob("*"):
         if f.is_file() and f.stat().st_size > 64:
             f.write_bytes(b"\0" * 16)

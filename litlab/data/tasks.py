@@ -95,14 +95,15 @@ def _captioning(rec, rng):
     return [{"question": None, "target": c, "references": caps} for c in caps]
 
 
-def _vqa(rec, rng):
-    return [{"question": q["question"], "target": _majority(q["answers"]), "references": q["answers"],
-             "family": q["family"]} for q in language.vqa(rec, rng)]
+def _questions(ask):
+    """VQA items from a question generator: the majority answer is the target, all 10 are references."""
+    def make(rec, rng):
+        return [{"question": q["question"], "target": _majority(q["answers"]), "references": q["answers"],
+                 "family": q["family"]} for q in ask(rec, rng)]
+    return make
 
 
-def _text_vqa(rec, rng):
-    return [{"question": q["question"], "target": _majority(q["answers"]), "references": q["answers"],
-             "family": q["family"]} for q in language.text_vqa(rec, rng)]
+_vqa, _text_vqa = _questions(language.vqa), _questions(language.text_vqa)
 
 
 def _ocr(rec, rng):
