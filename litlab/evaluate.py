@@ -73,7 +73,7 @@ def evaluate(model, params, tok: Tokenizer, config, *, split: str, method: str =
         P = int(enc.prefix_len.max())
         max_new = min(int(enc.loss_mask.sum(1).max()) + 2, config.data.max_len - P)
         preds = []
-        batches = pipeline.eval_batches(enc, data.images, batch_size)
+        batches = pipeline.eval_batches(enc, batch_size)
         for b in tqdm(batches, desc=f"decode {enc.name}", total=-(-len(enc) // batch_size), disable=not progress):
             toks = decode.generate(model, params, jnp.asarray(b["tokens"][:, :P]), jnp.asarray(b["prefix_len"]),
                                    image_tokens=jnp.asarray(image_tokens[b["image_row"]]), method=method,
@@ -87,14 +87,14 @@ def evaluate(model, params, tok: Tokenizer, config, *, split: str, method: str =
         results[enc.name] = score_predictions(task.metrics, preds, refs)
         if task.family == "classification":
             results[enc.name]["exact_match_scoring"] = _score_classes(
-                model, params, tok, enc, data.images, image_tokens, _candidates(task, refs), batch_size)
+                model, params, tok, enc, image_tokens, _candidates(task, refs), batch_size)
         for i, p in enumerate(preds):
             rows.append({"task": enc.name, "image_id": data.image_keys[enc.image_row[i]],
                          "prompt": enc.turns[i][0][0], "prediction": p, "references": refs[i]})
     return results, rows
 
 
-def _score_classes(model, params, tok, enc, images, image_tokens, candidates, batch_size) -> float:
+def _score_classes(model, params, tok, enc, image_tokens, candidates, batch_size) -> float:
     """Classification by ranking every candidate class name by its likelihood."""
     cand = tok.encode(candidates)
     width = max(len(c) for c in cand) + 1
@@ -103,7 +103,7 @@ def _score_classes(model, params, tok, enc, images, image_tokens, candidates, ba
         cand_tokens[i, :len(c) + 1] = c + [tok.eos_id]
     P = int(enc.prefix_len.max())
     hits = []
-    for b in pipeline.eval_batches(enc, images, batch_size):
+    for b in pipeline.eval_batches(enc, batch_size):
         best, _ = decode.classify_by_scoring(
             model, params, jnp.asarray(b["tokens"][:, :P]), jnp.asarray(b["prefix_len"]), jnp.asarray(cand_tokens),
             image_tokens=jnp.asarray(image_tokens[b["image_row"]]), pad_id=tok.pad_id)

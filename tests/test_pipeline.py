@@ -90,6 +90,6 @@ def test_truncation_warns_and_counts(tok):
 
 def test_eval_batches_pad_the_last_batch(data):
     t = data.tasks[0]
-    batches = list(pipeline.eval_batches(t, data.images, 16))
+    batches = list(pipeline.eval_batches(t, 16))
     assert sum(b["valid"].sum() for b in batches) == len(t)
     assert all(b["tokens"].shape == (16, MAX_LEN) for b in batches)

@@ -145,8 +145,9 @@ def train_dataset(data: MixtureData, batch_size: int, *, seed: int, start_step: 
     return ds.prefetch(prefetch)
 
 
-def eval_batches(task: EncodedTask, images: np.ndarray, batch_size: int):
-    """In-order batches of one task, the last one padded; `valid` marks real rows."""
+def eval_batches(task: EncodedTask, batch_size: int):
+    """In-order batches of one task, the last one padded; `valid` marks real rows. Images are
+    named by `image_row` only: evaluation reads cached image tokens, not pixels."""
     n = len(task)
     for lo in range(0, n, batch_size):
         rows = np.arange(lo, lo + batch_size)
@@ -154,7 +155,6 @@ def eval_batches(task: EncodedTask, images: np.ndarray, batch_size: int):
         rows = np.where(valid, rows, n - 1)
         yield {"tokens": task.tokens[rows], "prefix_len": task.prefix_len[rows],
                "loss_mask": task.loss_mask[rows], "image_row": task.image_row[rows],
-               "image": images[task.image_row[rows]].astype(np.float32) / 127.5 - 1.0,
                "valid": valid, "index": rows}
 
 
