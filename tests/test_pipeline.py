@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from litlab.data import mixtures, pipeline, tasks
+from litlab.data import mixtures, pipeline
 from litlab.data.mixtures import Mixture
 
 LIMIT = 40
