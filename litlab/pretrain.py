@@ -6,8 +6,10 @@ labels its annotation implies (shapes, colors, sizes and their conjunctions, obj
 3x3 cells hold objects of which color/shape, letters and letter positions of rendered words), and
 a linear `head` on the mean-pooled tokens is trained with sigmoid cross-entropy. The same head
 also scores every token against the labels of the object under it (`dense_weight`), which
-teaches the tokens themselves, the decoder's input, much faster on a CPU budget. Only the
-encoder is kept; the decoder reads its `encoded` tokens.
+teaches the tokens themselves, the decoder's input, much faster on a CPU budget. A small
+reading head (`read_weight`, see `ReadHead`) spells each word image's word from the tokens, so
+that the tokens must say which letter is where. Only the encoder is kept; the decoder reads its
+`encoded` tokens.
 
     python -m litlab.pretrain --config litlab/configs/pretrain_encoder.py[:smoke]
         [--config.total_steps=N] [--out PATH]
@@ -24,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -38,6 +41,7 @@ GRID = 3  # object positions are labelled by the cell of a GRID x GRID grid hold
 MAX_COUNT = 4  # scenes hold 1-4 objects, words images none
 MAX_WORD = 8  # longest word the benchmark renders
 CHARS = string.ascii_lowercase
+END = len(CHARS)  # the reading head's class for "no letter here": positions past the word's end
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "pretrain_encoder.py")
 
 
@@ -155,13 +159,24 @@ def dense_label_mask(source: str) -> np.ndarray:
     return np.array([n.split("/", 1)[0] not in skip for n in label_names()], np.uint8)
 
 
+def spell(word: str) -> np.ndarray:
+    """int8 [MAX_WORD]: the reading head's targets, letter indices then END."""
+    if len(word) > MAX_WORD or not set(word) <= set(CHARS):
+        raise ValueError(f"word {word!r} is not 1-{MAX_WORD} lowercase letters; the reading head "
+                         "cannot spell it (raise MAX_WORD or filter the word list)")
+    out = np.full(MAX_WORD, END, np.int8)
+    out[:len(word)] = [CHARS.index(ch) for ch in word]
+    return out
+
+
 def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndarray]:
     """`size` images of each source's `split`, shared out by the configured weights.
 
     Returns images uint8 [n,R,R,3], image-level `labels` uint8 [n,L], per-token targets as
     `objects` uint8 [n,1+MAX_COUNT,L] (row 0: no object) indexed by `patch_obj` int8 [n,tokens],
-    `dense_mask` uint8 [n,L], and for the readable checks each image's `origin` (source) and
-    `word` ("" unless from the words source).
+    `dense_mask` uint8 [n,L], the reading head's `spelling` int8 [n,MAX_WORD] with `readable`
+    uint8 [n] (1 on words images, whose single word is the target), and for the readable checks
+    each image's `origin` (source) and `word` ("" unless from the words source).
     """
     weights = dict(data_cfg.sources)
     total = sum(weights.values())
@@ -179,6 +194,9 @@ def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndar
             "patch_obj": np.stack([patch_objects(r.get("objects", []), data_cfg.resolution, patch)
                                    for r in recs]),
             "dense_mask": np.tile(dense_label_mask(name), (len(recs), 1)),
+            "spelling": np.stack([spell(r["word"]) if name == "words"
+                                  else np.full(MAX_WORD, END, np.int8) for r in recs]),
+            "readable": np.full(len(recs), name == "words", np.uint8),
             "origin": np.asarray([name] * len(recs)),
             "word": np.asarray([r["word"] if name == "words" else "" for r in recs]),
         })
@@ -201,31 +219,25 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float((precision * t).sum() / t.sum())
 
 
-def read_words(probs: np.ndarray) -> list[str]:
-    """Spells each image's word from the char_at head outputs: at every position the likeliest
-    letter, stopping at the first position where no letter passes 0.5."""
-    index = label_index()
-    table = np.array([[index[f"char_at/{p} {ch}"] for ch in CHARS] for p in range(MAX_WORD)])
+def read_words(read_logits: np.ndarray) -> list[str]:
+    """Spells each image's word from the reading head: the likeliest class at every position,
+    up to the first END."""
     words = []
-    for row in probs:
-        p = row[table]  # [MAX_WORD, 26]
-        word = ""
-        for pos in range(MAX_WORD):
-            if p[pos].max() < 0.5:
-                break
-            word += CHARS[int(p[pos].argmax())]
-        words.append(word)
+    for row in np.asarray(read_logits).argmax(-1):
+        stop = np.flatnonzero(row == END)
+        words.append("".join(CHARS[c] for c in row[:stop[0] if len(stop) else len(row)]))
     return words
 
 
 TOKEN_GROUPS = ("class", "color", "shape")
 
 
-def validation_metrics(logits: np.ndarray, token_pred: Mapping[str, np.ndarray], val: Mapping) -> dict:
+def validation_metrics(logits: np.ndarray, token_pred: Mapping[str, np.ndarray],
+                       read_logits: np.ndarray, val: Mapping) -> dict:
     """Per-group mAP (labels with a positive only) and micro-F1 at 0.5, overall mAP, and readable
-    checks: top-1 of the 'class' labels on single-object images, exact word reading on word
-    images, and per-token top-1 of class/color/shape on the tokens an object owns (what the
-    decoder's cross-attention sees).
+    checks: top-1 of the 'class' labels on single-object images, exact word reading and letter
+    accuracy of the reading head on word images, and per-token top-1 of class/color/shape on
+    the tokens an object owns (what the decoder's cross-attention sees).
 
     `token_pred[g]` holds each token's argmax within group g, int [n, tokens].
     """
@@ -250,7 +262,11 @@ def validation_metrics(logits: np.ndarray, token_pred: Mapping[str, np.ndarray],
         out["objects_class_top1"] = float(hit.mean())
     is_word = origin == "words"
     if is_word.any():
-        out["words_exact"] = float(np.mean(np.asarray(read_words(probs[is_word])) == val["word"][is_word]))
+        read = np.asarray(read_words(read_logits[is_word]))
+        out["words_exact"] = float(np.mean(read == val["word"][is_word]))
+        spelled = val["spelling"][is_word]
+        in_word = spelled != END
+        out["letter_top1"] = float((read_logits[is_word].argmax(-1) == spelled)[in_word].mean())
     owned = val["patch_obj"] > 0
     if owned.any():
         rows = np.broadcast_to(np.arange(len(owned))[:, None], owned.shape)[owned]
@@ -265,8 +281,40 @@ def validation_metrics(logits: np.ndarray, token_pred: Mapping[str, np.ndarray],
 # Training
 
 
-def make_model(model_cfg, num_classes: int | None = None) -> vit.Model:
-    return vit.Model(num_classes=num_classes, **model_cfg)
+class ReadHead(nn.Module):
+    """Parallel reader: one learned query per letter position attends over the encoder tokens
+    and classifies that position's letter (or END). A single attention layer on purpose: too
+    weak to find and recognise glyphs itself, so the tokens have to say which letter is where,
+    and those tokens are what the frozen decoder later reads."""
+
+    positions: int = MAX_WORD
+    num_heads: int = 4
+
+    @nn.compact
+    def __call__(self, tokens):
+        n, _, d = tokens.shape
+        queries = self.param("queries", nn.initializers.normal(0.02), (1, self.positions, d))
+        x = jnp.tile(queries, [n, 1, 1])
+        x = x + nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform())(x, tokens)
+        x = x + vit.MlpBlock()(nn.LayerNorm(epsilon=vit.LN_EPS)(x))
+        return nn.Dense(END + 1)(nn.LayerNorm(epsilon=vit.LN_EPS)(x))
+
+
+class Pretrainer(nn.Module):
+    """The ViT with its label `head` (params["encoder"]) plus the reading head (params["read"])."""
+
+    encoder: vit.Model
+    read: ReadHead
+
+    def __call__(self, images, *, train=False):
+        logits, out = self.encoder(images, train=train)
+        return logits, out, self.read(out["encoded"])
+
+
+def make_model(model_cfg, num_classes: int | None = None) -> Pretrainer:
+    return Pretrainer(encoder=vit.Model(num_classes=num_classes, **model_cfg),
+                      read=ReadHead(num_heads=model_cfg.num_heads))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -278,66 +326,75 @@ def make_optimizer(config) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=config.wd, mask=decay_mask))
 
 
-def init_params(model: vit.Model, config, label_prior: np.ndarray) -> dict:
+def init_params(model: Pretrainer, config, label_prior: np.ndarray) -> dict:
     """Random init, with the head bias at the labels' log prior odds: most of ~1k labels are
     absent from any one image, and starting from p=0.5 spends the first steps learning only that."""
     params = model.init(jax.random.PRNGKey(config.seed),
                         jnp.zeros((1, config.data.resolution, config.data.resolution, 3)))["params"]
     p = np.clip(label_prior, 1e-4, 1 - 1e-4)
-    params["head"]["bias"] = jnp.asarray(np.log(p / (1 - p)), jnp.float32)
+    params["encoder"]["head"]["bias"] = jnp.asarray(np.log(p / (1 - p)), jnp.float32)
     return params
 
 
-TRAIN_KEYS = ("images", "labels", "objects", "patch_obj", "dense_mask")
+TRAIN_KEYS = ("images", "labels", "objects", "patch_obj", "dense_mask", "spelling", "readable")
 
 
-def loss_fn(model, dense_weight: float, params, batch):
-    """Image-level sigmoid cross-entropy, plus `dense_weight` times the same loss per token.
+def loss_fn(model, dense_weight: float, read_weight: float, params, batch):
+    """Image-level sigmoid cross-entropy, plus `dense_weight` times the same loss per token,
+    plus `read_weight` times the reading head's cross-entropy (summed over letter positions,
+    averaged over the batch's word images).
 
     Both are summed over labels and averaged over images (and tokens), as big_vision's
     sigmoid_xent. The per-token term runs the same head on every token (`logits_2d`) against
     the labels of the object under it: the decoder reads tokens, not the pooled vector, and
     64 labelled tokens per image teach far more per step than one pooled label set.
     """
-    logits, out = model.apply({"params": params}, preprocess(batch["images"]), train=True)
+    logits, out, read_logits = model.apply({"params": params}, preprocess(batch["images"]), train=True)
     bce = optax.sigmoid_binary_cross_entropy
     image = bce(logits, batch["labels"].astype(jnp.float32)).sum(-1).mean()
+    xent = optax.softmax_cross_entropy_with_integer_labels(
+        read_logits, batch["spelling"].astype(jnp.int32)).sum(-1)
+    readable = batch["readable"].astype(jnp.float32)
+    read = (xent * readable).sum() / jnp.maximum(readable.sum(), 1.0)
     if not dense_weight:
-        return image, (image, jnp.zeros(()))
+        return image + read_weight * read, (image, jnp.zeros(()), read)
     b, num_labels = logits.shape
     token_logits = out["logits_2d"].reshape(b, -1, num_labels)
     owner = batch["patch_obj"].astype(jnp.int32)
     targets = jax.vmap(lambda objs, own: objs[own])(batch["objects"], owner).astype(jnp.float32)
     mask = batch["dense_mask"][:, None, :].astype(jnp.float32)
     dense = (bce(token_logits, targets) * mask).sum(-1).mean()
-    return image + dense_weight * dense, (image, dense)
+    return image + dense_weight * dense + read_weight * read, (image, dense, read)
 
 
-def make_train_step(model, tx, dense_weight: float):
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model, dense_weight), has_aux=True)
+def make_train_step(model, tx, dense_weight: float, read_weight: float):
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model, dense_weight, read_weight),
+                                 has_aux=True)
 
     def step(state, batch):
         params, opt_state = state
-        (loss, (image, dense)), grads = grad_fn(params, batch)
+        (loss, (image, dense, read)), grads = grad_fn(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
-        metrics = {"loss": loss, "image": image, "dense": dense}
+        metrics = {"loss": loss, "image": image, "dense": dense, "read": read}
         return (optax.apply_updates(params, updates), opt_state), metrics
     return jax.jit(step, donate_argnums=0)
 
 
 def predict(model, params, images: np.ndarray, batch_size: int = 256):
-    """Image logits [n, L] and, per TOKEN_GROUPS group, each token's argmax [n, tokens]."""
+    """Image logits [n, L]; per TOKEN_GROUPS group, each token's argmax [n, tokens]; and the
+    reading head's logits [n, MAX_WORD, 27]."""
     groups = {g: jnp.asarray(label_groups()[g]) for g in TOKEN_GROUPS}
 
     @jax.jit
     def apply(p, x):
-        logits, out = model.apply({"params": p}, preprocess(x))
+        logits, out, read_logits = model.apply({"params": p}, preprocess(x))
         tokens = out["logits_2d"].reshape(len(x), -1, logits.shape[-1])
-        return logits, {g: tokens[..., idx].argmax(-1) for g, idx in groups.items()}
+        return logits, {g: tokens[..., idx].argmax(-1) for g, idx in groups.items()}, read_logits
 
     parts = [apply(params, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return (np.concatenate([np.asarray(p[0]) for p in parts]),
-            {g: np.concatenate([np.asarray(p[1][g]) for p in parts]) for g in groups})
+            {g: np.concatenate([np.asarray(p[1][g]) for p in parts]) for g in groups},
+            np.concatenate([np.asarray(p[2]) for p in parts]))
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -352,9 +409,10 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
 
 
 def encoder_params(params: Mapping, dtype: str = "float32") -> dict:
-    """The params without the classification `head`, cast to the storage dtype."""
+    """The encoder's params without the label `head` (and without the reading head), cast to
+    the storage dtype."""
     cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    body = {k: v for k, v in params.items() if k != "head"}
+    body = {k: v for k, v in params["encoder"].items() if k != "head"}
     return jax.tree.map(lambda a: np.asarray(a).astype(cast), body)
 
 
@@ -380,7 +438,7 @@ def train(config, *, out: str | None = None, progress: bool = True):
     tx = make_optimizer(config)
     params = init_params(model, config, pool["labels"].mean(0))
     state = (params, tx.init(params))
-    step_fn = make_train_step(model, tx, config.dense_weight)
+    step_fn = make_train_step(model, tx, config.dense_weight, config.read_weight)
 
     losses, history = [], []
     t1 = time.time()
@@ -393,12 +451,13 @@ def train(config, *, out: str | None = None, progress: bool = True):
             bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
         last = step + 1 == config.total_steps
         if last or (config.eval_every and (step + 1) % config.eval_every == 0):
-            metrics = validation_metrics(*predict(model, state[0], val["images"]), val)
+            metrics = validation_metrics(*predict(model, state[0], val["images"]), val=val)
             history.append({"step": step + 1, **metrics})
             if progress:
                 bar.write(f"step {step + 1}: val mAP {metrics['mAP']:.3f}, objects class top-1 "
                           f"{metrics.get('objects_class_top1', float('nan')):.3f}, words exact "
-                          f"{metrics.get('words_exact', float('nan')):.3f}, token class top-1 "
+                          f"{metrics.get('words_exact', float('nan')):.3f} (letters "
+                          f"{metrics.get('letter_top1', float('nan')):.3f}), token class top-1 "
                           f"{metrics.get('token_class_top1', float('nan')):.3f}", file=sys.stderr)
     train_s = time.time() - t1
 

@@ -69,8 +69,18 @@ def test_labels_of_words():
     got = pretrain.record_labels({"word": "cab"})
     assert got == {"count/0", "length/3", "char/c", "char/a", "char/b", "char_at/0 c", "char_at/1 a",
                    "char_at/2 b", "char_from_end/0 b", "char_from_end/1 a", "char_from_end/2 c"}
-    probs = pretrain.multi_hot([{"word": "cab"}, {"word": "zebra"}]).astype(float)
-    assert pretrain.read_words(probs) == ["cab", "zebra"]
+
+
+def test_spelling_round_trips_through_the_reading_head_decoder():
+    spelled = np.stack([pretrain.spell(w) for w in ["cab", "zebra", "abcdefgh"]])
+    assert spelled[0].tolist() == [2, 0, 1] + [pretrain.END] * 5
+    logits = np.eye(pretrain.END + 1)[spelled] * 5.0  # one-hot "logits" of the targets
+    assert pretrain.read_words(logits) == ["cab", "zebra", "abcdefgh"]
+    logits[1, 2] = np.eye(pretrain.END + 1)[pretrain.END]  # an early END cuts the word
+    assert pretrain.read_words(logits)[1] == "ze"
+    for bad in ["toolongword", "Cab", "o'er"]:
+        with pytest.raises(ValueError, match="lowercase letters"):
+            pretrain.spell(bad)
 
 
 def test_held_out_pair_has_no_label():
@@ -111,6 +121,9 @@ def test_smoke_training_learns_and_saves_the_encoder(smoke_run):
     assert len(losses) == config.total_steps
     # The pool is one batch, seen every step: the model must fit it.
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    reads = [entry["read"] for entry in summary["loss"]]  # the pool holds word images
+    assert reads[0] > 0 and np.mean(reads[-3:]) < 0.8 * np.mean(reads[:3])
+    assert 0 <= summary["val"][-1]["letter_top1"] <= 1
     assert summary["val"][-1]["step"] == config.total_steps
     assert 0 < summary["val"][-1]["mAP"] <= 1
 
@@ -163,3 +176,21 @@ def test_shipped_encoder_loads_and_matches_its_card():
     _, out = model.apply({"params": params}, pretrain.preprocess(images))
     assert out["encoded"].shape == (2, (res // config.model.patch_size[0]) ** 2, config.model.width)
     assert np.isfinite(np.asarray(out["encoded"])).all()
+
+
+def test_loss_terms_combine_by_their_weights():
+    config = pretrain_encoder.get_config("smoke")
+    pool = pretrain.build_pool(config.data, "train", 16, config.model.patch_size[0])
+    assert pool["readable"].sum() > 0 and (pool["readable"] == 0).any()
+    model = pretrain.make_model(config.model, num_classes=len(pretrain.label_names()))
+    params = pretrain.init_params(model, config, pool["labels"].mean(0))
+    batch = {k: pool[k] for k in pretrain.TRAIN_KEYS}
+    loss = lambda d, r, b=batch: pretrain.loss_fn(model, d, r, params, b)
+    total, (image, dense, read) = loss(1.0, 1.0)
+    assert float(image) > 0 and float(dense) > 0 and float(read) > 0
+    np.testing.assert_allclose(total, image + dense + read, rtol=1e-6)
+    np.testing.assert_allclose(loss(0.0, 0.0)[0], image, rtol=1e-6)
+    np.testing.assert_allclose(loss(0.0, 2.0)[0], image + 2 * read, rtol=1e-6)
+    # Only word images are read: with none in the batch the reading term is exactly 0.
+    no_words = dict(batch, readable=np.zeros_like(batch["readable"]))
+    assert float(loss(1.0, 1.0, no_words)[1][2]) == 0.0
