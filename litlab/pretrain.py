@@ -344,7 +344,7 @@ def loss_fn(model, dense_weight: float, read_weight: float, params, batch):
     plus `read_weight` times the reading head's cross-entropy (summed over letter positions,
     averaged over the batch's word images).
 
-    Both are summed over labels and averaged over images (and tokens), as big_vision's
+    The label terms are summed over labels and averaged over images (and tokens), as big_vision's
     sigmoid_xent. The per-token term runs the same head on every token (`logits_2d`) against
     the labels of the object under it: the decoder reads tokens, not the pooled vector, and
     64 labelled tokens per image teach far more per step than one pooled label set.
