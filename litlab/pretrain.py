@@ -160,9 +160,10 @@ def dense_label_mask(source: str) -> np.ndarray:
 
 
 def spell(word: str) -> np.ndarray:
-    """int8 [MAX_WORD]: the reading head's targets, letter indices then END."""
+    """int8 [MAX_WORD]: the reading head's targets, letter indices then END ("" for an image
+    without a word to read: all END, and `readable` masks it out)."""
     if len(word) > MAX_WORD or not set(word) <= set(CHARS):
-        raise ValueError(f"word {word!r} is not 1-{MAX_WORD} lowercase letters; the reading head "
+        raise ValueError(f"word {word!r} is not up to {MAX_WORD} lowercase letters; the reading head "
                          "cannot spell it (raise MAX_WORD or filter the word list)")
     out = np.full(MAX_WORD, END, np.int8)
     out[:len(word)] = [CHARS.index(ch) for ch in word]
@@ -185,6 +186,7 @@ def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndar
         n = max(1, round(size * w / total))
         imgs, recs = tasks.read_records(name, split, seed=data_cfg.seed,
                                         resolution=data_cfg.resolution, limit=n)
+        words = [r["word"] if name == "words" else "" for r in recs]
         objects = np.zeros((len(recs), 1 + MAX_COUNT, len(label_names())), np.uint8)
         for i, r in enumerate(recs):
             for k, o in enumerate(r.get("objects", [])):
@@ -194,11 +196,10 @@ def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndar
             "patch_obj": np.stack([patch_objects(r.get("objects", []), data_cfg.resolution, patch)
                                    for r in recs]),
             "dense_mask": np.tile(dense_label_mask(name), (len(recs), 1)),
-            "spelling": np.stack([spell(r["word"]) if name == "words"
-                                  else np.full(MAX_WORD, END, np.int8) for r in recs]),
+            "spelling": np.stack([spell(w) for w in words]),
             "readable": np.full(len(recs), name == "words", np.uint8),
             "origin": np.asarray([name] * len(recs)),
-            "word": np.asarray([r["word"] if name == "words" else "" for r in recs]),
+            "word": np.asarray(words),
         })
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -356,15 +357,18 @@ def loss_fn(model, dense_weight: float, read_weight: float, params, batch):
         read_logits, batch["spelling"].astype(jnp.int32)).sum(-1)
     readable = batch["readable"].astype(jnp.float32)
     read = (xent * readable).sum() / jnp.maximum(readable.sum(), 1.0)
-    if not dense_weight:
-        return image + read_weight * read, (image, jnp.zeros(()), read)
+    dense = token_loss(logits, out, batch) if dense_weight else jnp.zeros(())
+    return image + dense_weight * dense + read_weight * read, (image, dense, read)
+
+
+def token_loss(logits, out, batch):
+    """The label loss per token against the object under it, masked per source (`dense_mask`)."""
     b, num_labels = logits.shape
     token_logits = out["logits_2d"].reshape(b, -1, num_labels)
     owner = batch["patch_obj"].astype(jnp.int32)
     targets = jax.vmap(lambda objs, own: objs[own])(batch["objects"], owner).astype(jnp.float32)
     mask = batch["dense_mask"][:, None, :].astype(jnp.float32)
-    dense = (bce(token_logits, targets) * mask).sum(-1).mean()
-    return image + dense_weight * dense + read_weight * read, (image, dense, read)
+    return (optax.sigmoid_binary_cross_entropy(token_logits, targets) * mask).sum(-1).mean()
 
 
 def make_train_step(model, tx, dense_weight: float, read_weight: float):
