@@ -9,25 +9,38 @@ be compared with published ones:
 * VQA: `vqa_accuracy`, the rule of the official VQAv2 evaluation script (GT-Vision-Lab/VQA);
 * OCR and text-VQA: `anls` (ST-VQA / DocVQA) and `character_error_rate`.
 
+Those are per-example (or, for CIDEr-D, per-id) functions. Evaluation code scores a whole split
+by name instead: every corpus metric is one function `fn(predictions, references) -> float`
+registered under one name with `@register("name")`, and `compute` / `compute_by_group` run the
+named ones, so adding a metric means adding one function here rather than a branch at each
+caller. Registered: exact_match, vqa_accuracy, anls (means of the per-example scores), cer
+(corpus CER against the first reference) and cider_d (the corpus CIDEr-D).
+
 Everything is pure Python (no NumPy, no Java), so the metrics run on any machine.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 __all__ = [
     "anls",
     "character_error_rate",
     "cider_d",
+    "compute",
+    "compute_by_group",
     "corpus_character_error_rate",
     "exact_match",
     "levenshtein",
     "mean",
     "ptb_tokenize",
+    "register",
+    "registered",
+    "unregister",
     "vqa_accuracy",
 ]
 
@@ -87,18 +100,26 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
+def _anls_normalize(text: str) -> str:
+    # DocVQA's evaluation: " ".join(text.strip().lower().split()). lower(), not casefold(), so
+    # scores match the official ones on text such as "ß".
+    return " ".join(text.lower().split())
+
+
 def anls(prediction: str, answers: str | Sequence[str], threshold: float = 0.5) -> float:
     """Average Normalized Levenshtein Similarity for one question (ST-VQA, DocVQA).
 
-    Both sides are lowercased and stripped. Against each answer, NL = edit distance / length of
+    Both sides are lowercased (`str.lower`), stripped, and have internal runs of whitespace
+    collapsed to one space, as the DocVQA evaluation does, so a doubled space or a line break in
+    an OCR reading is not charged as an edit. Against each answer, NL = edit distance / length of
     the longer string; the answer scores 1 - NL if NL < `threshold`, else 0 (so a near-miss OCR
     reading gets partial credit but an unrelated answer gets none). The result is the best score
     over the answers; the dataset ANLS is the `mean` of these.
     """
-    pred = prediction.strip().lower()
+    pred = _anls_normalize(prediction)
     best = 0.0
     for answer in _as_answer_list(answers, "anls"):
-        answer = answer.strip().lower()
+        answer = _anls_normalize(answer)
         longest = max(len(pred), len(answer))
         nl = levenshtein(pred, answer) / longest if longest else 0.0
         if nl < threshold:
@@ -406,3 +427,148 @@ def cider_d(predictions: Mapping[Hashable, str], references: Mapping[Hashable, S
                 total[n] += sim * penalty
         per_example[k] = sum(total) / _CIDER_MAX_N / len(ref_counts[k]) * 10.0
     return mean(per_example), per_example
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: one corpus metric, one function, one name
+
+CorpusMetric = Callable[[list[str], list[list[str]]], float]
+_REGISTRY: dict[str, CorpusMetric] = {}
+
+
+def register(name: str) -> Callable[[CorpusMetric], CorpusMetric]:
+    """Decorator registering `fn(predictions, references) -> float` as the corpus metric `name`.
+
+    The function gets the whole split at once (so corpus-level scores such as CIDEr-D and corpus
+    CER fit) after `compute` has checked it: one prediction per reference list, every list
+    non-empty. Registering a taken name raises ValueError, so a copy-pasted or mistyped
+    registration cannot silently replace a metric; `unregister` the old one first on purpose.
+    The function itself is returned unchanged.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"metric names are non-empty strings, not {name!r}.")
+
+    def decorator(fn: CorpusMetric) -> CorpusMetric:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"metric {name!r} is already registered (by {_describe(_REGISTRY[name])}); "
+                "pick another name, or unregister() the old metric first to replace it.")
+        if not callable(fn):
+            raise TypeError(f"register({name!r}) got {fn!r}, which is not callable.")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def unregister(name: str) -> CorpusMetric:
+    """Remove metric `name` and return its function; for replacing a metric on purpose, and
+    for tests that register scratch metrics."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY.pop(name)
+
+
+def registered() -> list[str]:
+    """The registered metric names, sorted: what `compute` accepts."""
+    return sorted(_REGISTRY)
+
+
+def _describe(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _unknown(name: object) -> ValueError:
+    names = registered()
+    close = difflib.get_close_matches(name, names, n=1) if isinstance(name, str) else []
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown metric {name!r}.{hint} Registered metrics: {', '.join(names)}.")
+
+
+def _check_names(names: str | Sequence[str]) -> list[str]:
+    # A bare string is one name, not one name per character.
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        if name not in _REGISTRY:
+            raise _unknown(name)
+    return names
+
+
+def _check_corpus(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists.")
+    bare = [i for i, r in enumerate(references) if isinstance(r, str)]
+    if bare:
+        # "cer" would otherwise score against the first character of the string.
+        raise TypeError(f"references of examples {bare[:5]} are strings; give each example a "
+                        "list of reference strings ([answer], not answer).")
+    missing = [i for i, r in enumerate(references) if not r]
+    if missing:
+        raise ValueError(f"examples {missing[:5]} have no references; every evaluated example "
+                         "needs at least one.")
+
+
+def compute(names: str | Sequence[str], predictions: Sequence[str],
+            references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """{name: score} of the named registered metrics over aligned predictions and references.
+
+    Checks everything before scoring anything, so a mistyped last name fails at once instead of
+    after a slow metric: every name must be registered (the error lists them and suggests the
+    closest), there must be one reference list per prediction, and each must be a non-empty list.
+    """
+    names = _check_names(names)
+    _check_corpus(predictions, references)
+    predictions, references = list(predictions), [list(r) for r in references]
+    return {name: float(_REGISTRY[name](predictions, references)) for name in names}
+
+
+def compute_by_group(names: str | Sequence[str], predictions: Sequence[str],
+                     references: Sequence[Sequence[str]],
+                     groups: Sequence[str]) -> dict[str, dict[str, float]]:
+    """{group: {name: score}}: `compute` on each group's examples alone (e.g. per question family).
+
+    `groups[i]` names the group of example i. Groups appear in order of first occurrence, and
+    only groups with examples appear. Corpus-level metrics are computed within the group:
+    CIDEr-D's idf comes from the group's references (a one-example group scores 0), and CER
+    weighs by the group's characters, so group scores need not average to the overall score.
+    """
+    names = _check_names(names)
+    _check_corpus(predictions, references)
+    if len(groups) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions but {len(groups)} group labels; give "
+                         "one group per example, in the same order.")
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    return {group: compute(names, [predictions[i] for i in rows], [references[i] for i in rows])
+            for group, rows in members.items()}
+
+
+@register("exact_match")
+def _exact_match_corpus(predictions: list[str], references: list[list[str]]) -> float:
+    """Mean `exact_match`."""
+    return mean(exact_match(p, r) for p, r in zip(predictions, references))
+
+
+@register("vqa_accuracy")
+def _vqa_accuracy_corpus(predictions: list[str], references: list[list[str]]) -> float:
+    """Mean `vqa_accuracy`, the VQAv2 number."""
+    return mean(vqa_accuracy(p, r) for p, r in zip(predictions, references))
+
+
+@register("anls")
+def _anls_corpus(predictions: list[str], references: list[list[str]]) -> float:
+    """Mean `anls`, the ST-VQA / DocVQA number."""
+    return mean(anls(p, r) for p, r in zip(predictions, references))
+
+
+@register("cer")
+def _cer_corpus(predictions: list[str], references: list[list[str]]) -> float:
+    """`corpus_character_error_rate` against each example's first reference (OCR tasks have one)."""
+    return corpus_character_error_rate(predictions, [r[0] for r in references])
+
+
+@register("cider_d")
+def _cider_d_corpus(predictions: list[str], references: list[list[str]]) -> float:
+    """Corpus `cider_d` with examples as ids, so its idf comes from exactly these references."""
+    return cider_d(dict(enumerate(predictions)), dict(enumerate(references)))[0]

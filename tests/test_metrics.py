@@ -6,11 +6,16 @@ from litlab.metrics import (
     anls,
     character_error_rate,
     cider_d,
+    compute,
+    compute_by_group,
     corpus_character_error_rate,
     exact_match,
     levenshtein,
     mean,
     ptb_tokenize,
+    register,
+    registered,
+    unregister,
     vqa_accuracy,
 )
 
@@ -72,6 +77,14 @@ def test_anls():
     assert anls("x", "x") == 1.0  # a bare string is one answer
     with pytest.raises(ValueError):
         anls("x", [])
+
+
+def test_anls_collapses_whitespace_like_docvqa():
+    # DocVQA's evaluation joins on single spaces after lowercasing, so spacing is not an edit.
+    assert anls("the cat sat", ["The  cat sat"]) == 1.0
+    assert anls(" the\tcat\n\nsat ", ["THE CAT SAT"]) == 1.0
+    # Collapsed, not removed: a missing space is still one edit, 1/7 -> 6/7.
+    assert anls("thecat", ["the  cat"]) == pytest.approx(6 / 7)
 
 
 def test_character_error_rate():
@@ -327,3 +340,159 @@ def test_cider_d_rejects_wrong_shapes_and_empty_corpus():
     with pytest.raises(ValueError, match="no examples"):
         cider_d({}, {})
 
+
+# ---------------------------------------------------------------------------------------------
+# Registry, compute, compute_by_group
+
+BUILTIN_METRICS = ["anls", "cer", "cider_d", "exact_match", "vqa_accuracy"]
+
+# Small corpus with mixed hits, a near-miss for ANLS/CER and several references per example.
+PREDICTIONS = ["a red bus on the street", "two", "Stqp", "a dog in the grass", "yes"]
+REFERENCES = [
+    ["a red bus on the street", "a bus parked on a city street"],
+    ["2", "two", "2", "2"],
+    ["stop", "stop sign"],
+    ["a small dog chases a ball in the grass", "a dog playing in the grass"],
+    ["no"],
+]
+
+
+@pytest.fixture
+def clean_registry():
+    """Unregister whatever the test registered, so no test metric leaks into other tests."""
+    before = set(registered())
+    yield
+    for name in set(registered()) - before:
+        unregister(name)
+    assert set(registered()) == before  # nor did the test remove a built-in
+
+
+def test_builtin_metrics_are_registered():
+    assert set(BUILTIN_METRICS) <= set(registered())
+    assert registered() == sorted(registered())
+
+
+def test_register_round_trip(clean_registry):
+    def always_half(predictions, references):
+        return 0.5
+
+    assert "test_always_half" not in registered()
+    assert register("test_always_half")(always_half) is always_half  # decorator returns fn
+    assert "test_always_half" in registered()
+    assert compute(["test_always_half"], ["x"], [["y"]]) == {"test_always_half": 0.5}
+    assert unregister("test_always_half") is always_half
+    assert "test_always_half" not in registered()
+    with pytest.raises(ValueError, match="unknown metric"):
+        compute(["test_always_half"], ["x"], [["y"]])
+
+
+def test_registering_a_name_twice_is_an_error(clean_registry):
+    with pytest.raises(ValueError, match="'anls' is already registered"):
+        @register("anls")
+        def anls_typo(predictions, references):
+            return 0.0
+    # The original metric is still the one in use.
+    assert compute(["anls"], ["stop"], [["stop"]]) == {"anls": 1.0}
+
+    register("test_once")(lambda p, r: 1.0)
+    with pytest.raises(ValueError, match="already registered"):
+        register("test_once")(lambda p, r: 0.0)
+    assert compute("test_once", ["x"], [["y"]]) == {"test_once": 1.0}
+
+
+def test_register_rejects_bad_names():
+    with pytest.raises(TypeError, match="non-empty strings"):
+        register("")
+    with pytest.raises(TypeError, match="non-empty strings"):
+        register(None)
+
+
+def test_unknown_metric_lists_registered_names_and_suggests_one():
+    with pytest.raises(ValueError) as info:
+        compute(["exact_match", "anl"], ["x"], [["x"]])
+    message = str(info.value)
+    assert message.startswith("unknown metric 'anl'. Did you mean 'anls'?")
+    assert "Registered metrics: " + ", ".join(registered()) + "." in message
+    with pytest.raises(ValueError) as info:
+        compute(["bleu"], ["x"], [["x"]])
+    assert "Did you mean" not in str(info.value)
+    assert "cider_d" in str(info.value)
+    with pytest.raises(ValueError, match="Did you mean 'vqa_accuracy'"):
+        unregister("vqa_acuracy")
+
+
+def test_unknown_metric_fails_before_any_metric_runs(clean_registry):
+    calls = []
+    register("test_counting")(lambda p, r: calls.append(1) or 0.0)
+    with pytest.raises(ValueError, match="unknown metric 'cidr_d'"):
+        compute(["test_counting", "cidr_d"], ["x"], [["x"]])
+    assert calls == []
+
+
+def test_compute_matches_the_per_example_functions():
+    scores = compute(BUILTIN_METRICS, PREDICTIONS, REFERENCES)
+    assert list(scores) == BUILTIN_METRICS
+    pairs = list(zip(PREDICTIONS, REFERENCES))
+    assert scores["exact_match"] == pytest.approx(mean(exact_match(p, r) for p, r in pairs))
+    assert scores["vqa_accuracy"] == pytest.approx(mean(vqa_accuracy(p, r) for p, r in pairs))
+    assert scores["anls"] == pytest.approx(mean(anls(p, r) for p, r in pairs))
+    assert scores["cer"] == pytest.approx(
+        corpus_character_error_rate(PREDICTIONS, [r[0] for r in REFERENCES]))
+    assert scores["cider_d"] == pytest.approx(
+        cider_d(dict(enumerate(PREDICTIONS)), dict(enumerate(REFERENCES)))[0])
+    # Hand-checked anchors, so a change in both paths at once is still caught.
+    assert scores["exact_match"] == pytest.approx(2 / 5)
+    # "a dog in the grass" vs "a dog playing in the grass": 8 edits / 26 chars.
+    assert scores["anls"] == pytest.approx((1 + 1 + 0.75 + (1 - 8 / 26) + 0) / 5)
+    assert all(isinstance(v, float) for v in scores.values())
+    assert compute("cer", PREDICTIONS, REFERENCES) == {"cer": scores["cer"]}  # bare name
+
+
+def test_compute_checks_the_corpus_like_evaluate():
+    with pytest.raises(ValueError, match=r"^2 predictions but 1 reference lists\.$"):
+        compute(["exact_match"], ["a", "b"], [["a"]])
+    with pytest.raises(ValueError, match=r"examples \[1, 3\] have no references; every evaluated "
+                                         r"example needs at least one\."):
+        compute(["exact_match"], ["a", "b", "c", "d"], [["a"], [], ["c"], []])
+    with pytest.raises(TypeError, match=r"examples \[0\] are strings"):
+        compute(["cer"], ["hello"], ["hello"])
+
+
+def test_compute_by_group_scores_each_subset():
+    groups = ["caption", "count", "ocr", "caption", "yes/no"]
+    by_group = compute_by_group(["exact_match", "anls", "cer"], PREDICTIONS, REFERENCES, groups)
+    assert list(by_group) == ["caption", "count", "ocr", "yes/no"]  # first-occurrence order
+    for group, scores in by_group.items():
+        rows = [i for i, g in enumerate(groups) if g == group]
+        assert scores == compute(["exact_match", "anls", "cer"], [PREDICTIONS[i] for i in rows],
+                                 [REFERENCES[i] for i in rows])
+    assert by_group["caption"]["exact_match"] == 0.5
+    assert by_group["count"]["exact_match"] == 1.0
+    assert by_group["ocr"]["anls"] == pytest.approx(0.75)
+    assert by_group["yes/no"] == {"exact_match": 0.0, "anls": 0.0, "cer": pytest.approx(3 / 2)}
+    # One group is the whole corpus.
+    assert compute_by_group(["cider_d"], PREDICTIONS, REFERENCES, ["all"] * 5) == {
+        "all": compute(["cider_d"], PREDICTIONS, REFERENCES)}
+
+
+def test_compute_by_group_checks_its_inputs():
+    with pytest.raises(ValueError, match="5 predictions but 4 group labels"):
+        compute_by_group(["anls"], PREDICTIONS, REFERENCES, ["a"] * 4)
+    with pytest.raises(ValueError, match="Did you mean 'anls'"):
+        compute_by_group(["ansl"], PREDICTIONS, REFERENCES, ["a"] * 5)
+    # Indices in the error are the corpus's, not the group's.
+    with pytest.raises(ValueError, match=r"examples \[2\] have no references"):
+        compute_by_group(["anls"], ["a", "b", "c"], [["a"], ["b"], []], ["x", "y", "y"])
+    assert compute_by_group(["anls"], [], [], []) == {}
+
+
+def test_custom_metric_works_through_compute(clean_registry):
+    @register("test_length_ratio")
+    def length_ratio(predictions, references):
+        """Corpus-level: total prediction characters over total first-reference characters."""
+        return sum(map(len, predictions)) / sum(len(r[0]) for r in references)
+
+    scores = compute(["exact_match", "test_length_ratio"], ["ab", "cdef"], [["ab"], ["cd"]])
+    assert scores == {"exact_match": 0.5, "test_length_ratio": pytest.approx(6 / 4)}
+    by_group = compute_by_group(["test_length_ratio"], ["ab", "cdef"], [["ab"], ["cd"]], ["g", "h"])
+    assert by_group == {"g": {"test_length_ratio": 1.0}, "h": {"test_length_ratio": 2.0}}
