@@ -37,9 +37,7 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-import litlab
-
-DATA_DIR = Path(litlab.__file__).resolve().parents[1] / "data"
+from litlab import assets
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross", "heart")
 # Saturated hues only: backgrounds are low-saturation, so no color can be mistaken for them.
@@ -81,13 +79,8 @@ _MARGIN = 0.03  # gap between the boxes of two objects, fraction of the side
 
 
 def asset_path(*parts: str) -> Path:
-    """Path of a shipped asset under ``data/``; fails loudly so a broken checkout is obvious."""
-    path = DATA_DIR.joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"litlab asset {path} is missing: the benchmark's fonts and word list ship in the "
-            f"repository's data/ folder; use an editable install of a full checkout (pip install -e .)")
-    return path
+    """Path of a shipped asset under ``data/`` (see ``litlab.assets.asset_path``); fails loudly."""
+    return assets.asset_path(*parts)
 
 
 # --------------------------------------------------------------------------------------------

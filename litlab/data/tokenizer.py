@@ -18,12 +18,17 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from litlab.assets import asset_path
+
 # The embedded benchmark's tokenizer reserves these ids (train_tokenizer below enforces them).
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 SEP_PIECE = "<sep>"
 # Where a user's model has no <sep> piece, the first of these pieces that it has is the separator.
 SEP_FALLBACK_PIECES = ("<sep>", "<0x0A>", "\n", "▁:", ":")
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "tokenizer" / "litlab_bench.model"
+try:
+    DEFAULT_MODEL = asset_path("tokenizer", "litlab_bench.model")
+except FileNotFoundError:  # not built yet: `python -m litlab.data tokenizer` writes it here
+    DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "tokenizer" / "litlab_bench.model"
 
 
 class Tokenizer:
