@@ -13,6 +13,11 @@ BOS + prompt + SEP. For generation only tokens[:, :prefix_len] is read, so `toke
 training batch or just the prompts. Outputs hold the generated tokens only: position t is the
 (t+1)-th new token, an example's EOS is kept and everything after it is `pad_id`.
 
+Question memory: with a decoder built with `question_len` > 0 (see `litlab.models.decoder`) every
+entry point takes `question_tokens` [B, Q] (Q <= question_len, right-padded with 0), a traced
+argument; it is padded here to [B, question_len], so every question length shares one compilation
+(padded slots are masked out, so this changes no output).
+
 Every example is decoded on its own: prompts of different lengths sit right-padded in one block
 and each example writes and reads the cache at its own positions, so its tokens do not depend on
 its batch neighbours. Jitted functions are cached per (model config, method, static settings) and
@@ -128,6 +133,25 @@ def _check_images(images, image_tokens):
         raise ValueError("pass exactly one of images= or image_tokens=")
 
 
+def _question(cfg, question_tokens, batch):
+    """Validates question_tokens; returns int32 [B, question_len] (padded with 0) or None."""
+    if question_tokens is None:
+        if cfg.question_len:
+            raise ValueError(f"the decoder has question_len={cfg.question_len}: pass "
+                             "question_tokens= [B, Q] (right-padded with 0)")
+        return None
+    if not cfg.question_len:
+        raise ValueError("question_tokens= was passed but the decoder has question_len=0 "
+                         "(no question memory)")
+    q = jnp.asarray(question_tokens)
+    if q.ndim != 2 or q.shape[0] != batch or q.shape[1] > cfg.question_len:
+        raise ValueError(f"question_tokens must be [B={batch}, Q] with Q <= question_len="
+                         f"{cfg.question_len}, got shape {q.shape}")
+    if not jnp.issubdtype(q.dtype, jnp.integer):
+        raise ValueError(f"question_tokens must hold integer token ids, got {q.dtype}")
+    return jnp.pad(q.astype(jnp.int32), ((0, 0), (0, cfg.question_len - q.shape[1])))
+
+
 def _prompts(tokens, prefix_len, extra, max_len, pad_id, extra_name):
     """Validates prompts; returns (block [B, P] jnp int32, lengths [B] jnp int32).
 
@@ -172,9 +196,10 @@ def _steps(model, variables, use_cache, pad_id):
     positions, reading the logits at each example's current position.
     """
     if use_cache:
-        def prefill(block, lengths, image_tokens, cache_len):
+        def prefill(block, lengths, image_tokens, question_tokens, cache_len):
             return model.apply(variables, block, lengths, image_tokens=image_tokens,
-                               cache_len=cache_len, method="prefill")
+                               question_tokens=question_tokens, cache_len=cache_len,
+                               method="prefill")
 
         def extend(state, token):
             return model.apply(variables, state, token, method="extend")
@@ -183,13 +208,16 @@ def _steps(model, variables, use_cache, pad_id):
 
     def logits_at(state, pos):
         logits = model.apply(variables, state["buf"], state["prefix_len"],
-                             image_tokens=state["image_tokens"])
+                             image_tokens=state["image_tokens"],
+                             question_tokens=state.get("question_tokens"))
         return logits[jnp.arange(pos.shape[0]), pos]
 
-    def prefill(block, lengths, image_tokens, cache_len):
+    def prefill(block, lengths, image_tokens, question_tokens, cache_len):
         buf = jnp.pad(block, ((0, 0), (0, cache_len - block.shape[1])))
         buf = jnp.where(jnp.arange(cache_len) < lengths[:, None], buf, pad_id)
         state = {"buf": buf, "pos": lengths, "prefix_len": lengths, "image_tokens": image_tokens}
+        if question_tokens is not None:
+            state["question_tokens"] = question_tokens
         return logits_at(state, lengths - 1), state
 
     def extend(state, token):
@@ -324,13 +352,13 @@ def _decode_fn(model: _ByConfig, name: str, beam_size: int, n_best: int, max_new
     shapes. Everything else (temperature, cuts, alpha, eos/pad ids) is traced: no recompiles."""
     mdl, max_len = model.module, _decoder_cfg(model.module).max_len
 
-    def run(params, block, lengths, images, image_tokens, knobs, rng):
+    def run(params, block, lengths, images, image_tokens, question_tokens, knobs, rng):
         variables = {"params": params}
         if images is not None:  # Encode once; the loop never touches the ViT.
             image_tokens = mdl.apply(variables, images, method="encode")
         prefill, extend = _steps(mdl, variables, use_cache, knobs["pad_id"])
         cache_len = min(max_len, block.shape[1] + max_new)
-        logits, state = prefill(block, lengths, image_tokens, cache_len)
+        logits, state = prefill(block, lengths, image_tokens, question_tokens, cache_len)
         if name == "beam":
             return _beam_search(beam_size, n_best, knobs, extend, logits, state, max_new)
         return _sequential(name == "sample", knobs, extend, logits, state, rng, max_new)
@@ -339,12 +367,13 @@ def _decode_fn(model: _ByConfig, name: str, beam_size: int, n_best: int, max_new
 
 
 def generate(model, params, tokens, prefix_len, *, images=None, image_tokens=None,
-             method: str = "greedy", max_new_tokens: int = 32, eos_id: int | None = 1,
-             pad_id: int = 0, rng=None, use_cache: bool = True):
+             question_tokens=None, method: str = "greedy", max_new_tokens: int = 32,
+             eos_id: int | None = 1, pad_id: int = 0, rng=None, use_cache: bool = True):
     """Generates up to max_new_tokens after each prompt tokens[b, :prefix_len[b]].
 
     `model` is a lit_decoder.Model, `params` its `params` collection, and exactly one of images
-    [B, H, W, 3] or image_tokens [B, N, D] conditions the text. `method` is a string (see
+    [B, H, W, 3] or image_tokens [B, N, D] conditions the text, with question_tokens [B, Q] (pad
+    0) as extra memory iff the decoder has question_len > 0. `method` is a string (see
     `parse_method`); sampling needs `rng`, a jax.random key. Returns
       greedy / sample:  tokens [B, T] int32, scores [B] (sum of the model's log-probs);
       beam:             tokens [B, n, T] int32, scores [B, n] (best first, length-penalised),
@@ -363,11 +392,12 @@ def generate(model, params, tokens, prefix_len, *, images=None, image_tokens=Non
     _check_images(images, image_tokens)
     block, lengths = _prompts(tokens, prefix_len, max_new_tokens, cfg.max_len, pad_id,
                               "max_new_tokens")
+    question_tokens = _question(cfg, question_tokens, block.shape[0])
     knobs = {"temperature": jnp.float32(m.temperature), "top_p": jnp.float32(m.top_p),
              "top_k": jnp.int32(min(m.top_k, cfg.vocab_size)), "alpha": jnp.float32(m.alpha),
              "eos_id": jnp.int32(-1 if eos_id is None else eos_id), "pad_id": jnp.int32(pad_id)}
     fn = _decode_fn(_ByConfig(model), m.name, m.beam_size, m.n_best, max_new_tokens, use_cache)
-    return fn(params, block, lengths, images, image_tokens, knobs,
+    return fn(params, block, lengths, images, image_tokens, question_tokens, knobs,
               rng if m.name == "sample" else None)
 
 
@@ -375,9 +405,9 @@ def generate(model, params, tokens, prefix_len, *, images=None, image_tokens=Non
 def _score_fn(model: _ByConfig):
     mdl = model.module
 
-    def run(params, tokens, prefix_len, loss_mask, images, image_tokens):
+    def run(params, tokens, prefix_len, loss_mask, images, image_tokens, question_tokens):
         logits = mdl.apply({"params": params}, tokens[:, :-1], prefix_len, images=images,
-                           image_tokens=image_tokens)
+                           image_tokens=image_tokens, question_tokens=question_tokens)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1)[..., 0]
         return jnp.sum(logp * loss_mask[:, 1:], axis=1)
 
@@ -385,7 +415,7 @@ def _score_fn(model: _ByConfig):
 
 
 def score(model, params, tokens, prefix_len, loss_mask, *, images=None, image_tokens=None,
-          normalize=False):
+          question_tokens=None, normalize=False):
     """Log-likelihood [B] of the tokens that loss_mask marks, by one teacher-forced pass.
 
     tokens [B, L] and loss_mask [B, L] are laid out as in training (the pipeline's loss_mask:
@@ -406,10 +436,11 @@ def score(model, params, tokens, prefix_len, loss_mask, *, images=None, image_to
         raise ValueError("loss_mask[:, 0] must be 0: the first token is never predicted")
     if np.shape(prefix_len) != (shape[0],):
         raise ValueError(f"prefix_len must be [B] = [{shape[0]}], got shape {np.shape(prefix_len)}")
+    question_tokens = _question(_decoder_cfg(model), question_tokens, shape[0])
     loss_mask = jnp.asarray(loss_mask, jnp.float32)
     total = _score_fn(_ByConfig(model))(params, jnp.asarray(tokens, jnp.int32),
                                         jnp.asarray(prefix_len, jnp.int32), loss_mask, images,
-                                        image_tokens)
+                                        image_tokens, question_tokens)
     return total / jnp.maximum(loss_mask[:, 1:].sum(1), 1.0) if normalize else total
 
 
@@ -424,13 +455,14 @@ def _classify_fn(model: _ByConfig, chunk: int, pad_id: int):
     """
     mdl, max_len = model.module, _decoder_cfg(model.module).max_len
 
-    def run(params, block, lengths, cands, images, image_tokens):
+    def run(params, block, lengths, cands, images, image_tokens, question_tokens):
         variables = {"params": params}
         if images is not None:
             image_tokens = mdl.apply(variables, images, method="encode")
         prefill, extend = _steps(mdl, variables, True, pad_id)
         batch, width = block.shape[0], cands.shape[1]
-        logits, cache = prefill(block, lengths, image_tokens, min(max_len, block.shape[1] + width))
+        logits, cache = prefill(block, lengths, image_tokens, question_tokens,
+                                min(max_len, block.shape[1] + width))
         first = jnp.repeat(jax.nn.log_softmax(logits), chunk, axis=0)
         cache = jax.tree.map(lambda x: jnp.repeat(x, chunk, axis=0), cache)
         rows = jnp.arange(batch * chunk)
@@ -455,11 +487,13 @@ def _classify_fn(model: _ByConfig, chunk: int, pad_id: int):
 
 
 def classify_by_scoring(model, params, prompt_tokens, prefix_len, candidate_tokens, *,
-                        images=None, image_tokens=None, normalize=False, pad_id=0, chunk=64):
+                        images=None, image_tokens=None, question_tokens=None, normalize=False,
+                        pad_id=0, chunk=64):
     """CapPa-style classification: scores every candidate as the continuation of each prompt.
 
     prompt_tokens [B, P] (BOS prompt SEP, right-padded; prefix_len [B]) and candidate_tokens
-    [C, Lc] (each a class name's target ids and EOS, right-padded with pad_id). The image part
+    [C, Lc] (each a class name's target ids and EOS, right-padded with pad_id); question_tokens
+    [B, Q] (pad 0) iff the decoder has question_len > 0. The image part
     and the prompt are computed once per image; `chunk` candidates are scored at a time to bound
     memory (B * chunk cache copies). Returns (best index [B], scores [B, C]) where scores[b, c] is
     what `score` gives the sequence prompt b + candidate c (normalize=True: per token).
@@ -476,11 +510,13 @@ def classify_by_scoring(model, params, prompt_tokens, prefix_len, candidate_toke
     cfg = _decoder_cfg(model)
     block, lengths = _prompts(prompt_tokens, prefix_len, cands.shape[1], cfg.max_len, pad_id,
                               "the candidates' width")
+    question_tokens = _question(cfg, question_tokens, block.shape[0])
     n, chunk = cands.shape[0], max(1, min(chunk, cands.shape[0]))
     padded = np.full((-(-n // chunk) * chunk, cands.shape[1]), pad_id, np.int32)
     padded[:n] = cands
     fn = _classify_fn(_ByConfig(model), chunk, pad_id)
-    scores = fn(params, block, lengths, jnp.asarray(padded), images, image_tokens)[:, :n]
+    scores = fn(params, block, lengths, jnp.asarray(padded), images, image_tokens,
+                question_tokens)[:, :n]
     if normalize:
         scores = scores / real.sum(1)
     return jnp.argmax(scores, axis=1), scores

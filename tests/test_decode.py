@@ -306,3 +306,94 @@ def test_bad_inputs_are_reported_before_compiling():
     with pytest.raises(ValueError, match="candidate 0 has tokens after padding"):
         decode.classify_by_scoring(s.model, s.params, s.tokens, PREFIX_LEN, np.array([[7, 0, 1]]),
                                    image_tokens=s.image_tokens)
+
+
+# Question memory: the decoder holds the question as memory next to the image (question_len > 0).
+Q_LEN = 8
+
+
+@functools.cache
+def _q_setup(conditioning):
+    base = _setup(conditioning)
+    dec = dict(vocab_size=V, width=32, depth=1, num_heads=2, mlp_dim=64, max_len=MAX_LEN,
+               conditioning=conditioning, question_len=Q_LEN)
+    model = lit_decoder.Model(encoder_cfg=ENC, decoder_cfg=dec, image_size=(IMG, IMG))
+    rng = np.random.default_rng(1)
+    questions = rng.integers(3, V, (B, 5)).astype(np.int32)
+    questions[0, 3:], questions[2, 1:] = 0, 0  # right-padded with 0
+    shapes = jax.eval_shape(functools.partial(model.init, question_tokens=questions),
+                            jax.random.PRNGKey(0), base.tokens, PREFIX_LEN,
+                            images=base.images)["params"]
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape).astype(s.dtype)),
+                          shapes)
+    return types.SimpleNamespace(model=model, params=params, tokens=base.tokens,
+                                 image_tokens=base.image_tokens, questions=questions)
+
+
+def _q_score(s, new, n, questions):
+    """`score` of prompt + the first n[b] tokens of new[b], with the question memory."""
+    tokens, mask = np.zeros((B, WIDTH), np.int32), np.zeros((B, WIDTH), np.float32)
+    for b, p in enumerate(PREFIX_LEN):
+        tokens[b, :p], tokens[b, p:p + n[b]] = s.tokens[b, :p], new[b, :n[b]]
+        mask[b, p:p + n[b]] = 1
+    return np.asarray(decode.score(s.model, s.params, tokens, PREFIX_LEN, mask,
+                                   image_tokens=s.image_tokens, question_tokens=questions))
+
+
+def test_question_memory_greedy_beam_scoring_and_classification():
+    s = _q_setup("cross")
+    gen = functools.partial(decode.generate, s.model, s.params, s.tokens, PREFIX_LEN,
+                            image_tokens=s.image_tokens, max_new_tokens=T, eos_id=None)
+    full_t = np.full(B, T)
+    tokens, scores = gen(question_tokens=s.questions)
+    slow_tokens, slow_scores = gen(question_tokens=s.questions, use_cache=False)
+    np.testing.assert_array_equal(tokens, slow_tokens)
+    np.testing.assert_allclose(scores, slow_scores, atol=1e-4)
+    np.testing.assert_allclose(scores, _q_score(s, np.asarray(tokens), full_t, s.questions),
+                               atol=1e-4)
+    # Questions are padded to question_len inside: any Q gives the same result, one compilation.
+    wide = np.pad(s.questions, ((0, 0), (0, Q_LEN - s.questions.shape[1])))
+    wide_tokens, wide_scores = gen(question_tokens=wide)
+    np.testing.assert_array_equal(wide_tokens, tokens)
+    np.testing.assert_allclose(wide_scores, scores, atol=1e-5)
+    fn = decode._decode_fn(decode._ByConfig(s.model), "greedy", 1, 1, T, True)
+    assert fn._cache_size() == 1
+    # The question matters.
+    _, other_scores = gen(question_tokens=s.questions[::-1])
+    assert np.abs(np.asarray(other_scores) - np.asarray(scores)).max() > 1e-3
+
+    beams, beam_scores = gen(question_tokens=s.questions, method="beam:2,n=2")
+    assert beams.shape == (B, 2, T) and beam_scores.shape == (B, 2)
+    assert (np.diff(np.asarray(beam_scores), axis=1) <= 0).all()
+    for j in range(2):
+        np.testing.assert_allclose(beam_scores[:, j],
+                                   _q_score(s, np.asarray(beams[:, j]), full_t, s.questions),
+                                   atol=1e-4)
+
+    cands = np.array([[7, 1, 0], [9, 11, 1], [1, 0, 0]], np.int32)
+    best, cls_scores = decode.classify_by_scoring(s.model, s.params, s.tokens, PREFIX_LEN, cands,
+                                                  image_tokens=s.image_tokens,
+                                                  question_tokens=s.questions, chunk=2)
+    np.testing.assert_array_equal(best, np.argmax(cls_scores, 1))
+    for c, n in enumerate((2, 3, 1)):
+        new = np.broadcast_to(np.pad(cands[c], (0, T - 3)), (B, T))
+        np.testing.assert_allclose(cls_scores[:, c], _q_score(s, new, np.full(B, n), s.questions),
+                                   atol=1e-4)
+
+
+def test_question_errors_are_reported_before_compiling():
+    s, plain = _q_setup("cross"), _setup("prefix")
+    with pytest.raises(ValueError, match=f"question_len={Q_LEN}: pass question_tokens="):
+        decode.generate(s.model, s.params, s.tokens, PREFIX_LEN, image_tokens=s.image_tokens,
+                        max_new_tokens=T)
+    with pytest.raises(ValueError, match=rf"Q <= question_len={Q_LEN}, got shape \(3, 9\)"):
+        decode.generate(s.model, s.params, s.tokens, PREFIX_LEN, image_tokens=s.image_tokens,
+                        question_tokens=np.ones((B, Q_LEN + 1), np.int32), max_new_tokens=T)
+    with pytest.raises(ValueError, match=f"question_len={Q_LEN}: pass question_tokens="):
+        decode.classify_by_scoring(s.model, s.params, s.tokens, PREFIX_LEN, np.array([[7, 1]]),
+                                   image_tokens=s.image_tokens)
+    with pytest.raises(ValueError, match="question_tokens= was passed but the decoder has "
+                                         "question_len=0"):
+        decode.generate(plain.model, plain.params, plain.tokens, PREFIX_LEN,
+                        image_tokens=plain.image_tokens, question_tokens=s.questions,
+                        max_new_tokens=T)

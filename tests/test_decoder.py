@@ -1,4 +1,5 @@
-"""Decoder: teacher forcing vs KV-cached decoding, attention masks, cache API, parameter counts."""
+"""Decoder: teacher forcing vs KV-cached decoding, attention masks, cache API, parameter counts,
+question memory and the text-only arm."""
 
 import functools
 import re
@@ -31,14 +32,15 @@ def _prompt_block(tokens, lengths):
     return jnp.asarray(np.where(np.arange(t)[None] < lengths[:, None], tokens[:, :t], junk))
 
 
-def _random_params(model, seed=1):
+def _random_params(model, seed=1, **kw):
     """Random values in the model's param tree, instead of its init.
 
     Every bias and LayerNorm offset is then nonzero, so the tests exercise
-    them, and no init has to be compiled.
+    them, and no init has to be compiled. `kw` go to init (question_tokens=).
     """
     image_tokens, tokens = _inputs()
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), image_tokens, tokens, PREFIX_LEN)
+    shapes = jax.eval_shape(functools.partial(model.init, **kw), jax.random.PRNGKey(0),
+                            image_tokens, tokens, PREFIX_LEN)
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape).astype(s.dtype)), shapes)
 
@@ -46,20 +48,22 @@ def _random_params(model, seed=1):
 class Harness:
     """One model with jitted forward / prefill / extend, compiled once per conditioning."""
 
-    def __init__(self, conditioning):
-        self.model = decoder.Model(**CFG, conditioning=conditioning)
-        self.params = _random_params(self.model)
+    def __init__(self, conditioning, cfg=CFG, **init_kw):
+        self.model = decoder.Model(**cfg, conditioning=conditioning)
+        self.params = _random_params(self.model, **init_kw)
         self.forward = jax.jit(self.model.apply)
         self.prefill = jax.jit(functools.partial(self.model.apply, method=self.model.prefill))
         self.extend = jax.jit(functools.partial(self.model.apply, method=self.model.extend))
 
-    def decode(self, image_tokens, tokens, lengths, step_params=None):
+    def decode(self, image_tokens, tokens, lengths, step_params=None, **kw):
         """Prefill the prompts, then feed the teacher tokens one by one with `extend`.
 
         Returns logits [B, STEPS + 1, V] (row s predicts the token at lengths + s)
-        and the final cache. `step_params` (default: the params) go to `extend` only.
+        and the final cache. `step_params` (default: the params) go to `extend` only;
+        `kw` (question_tokens=) go to `prefill`.
         """
-        logits, cache = self.prefill(self.params, image_tokens, _prompt_block(tokens, lengths), lengths)
+        logits, cache = self.prefill(self.params, image_tokens, _prompt_block(tokens, lengths),
+                                     lengths, **kw)
         out = [logits]
         for s in range(STEPS):
             token = tokens[np.arange(len(lengths)), lengths + s]
@@ -254,4 +258,152 @@ def test_config_errors(bad, match):
     image_tokens, tokens = _inputs()
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(decoder.Model(**{**CFG, **bad}).init, jax.random.PRNGKey(0),
+                       image_tokens, tokens, PREFIX_LEN)
+
+
+# Question memory (question_len > 0): the question is embedded and appended to the image memory.
+Q_LEN = 10
+Q_CFG = dict(vocab_size=VOCAB, width=32, depth=1, num_heads=2, mlp_dim=32, max_len=MAX_LEN,
+             dropout=0.2, question_len=Q_LEN)
+QUESTION_LENGTHS = np.array([4, 6, 2])  # real tokens per example, then pad id 0
+
+
+def _questions(seed=3, width=6):
+    """Questions [B, width], right-padded with 0 after QUESTION_LENGTHS real tokens (ids >= 1)."""
+    q = np.random.default_rng(seed).integers(1, VOCAB, (B, width)).astype(np.int32)
+    return np.where(np.arange(width)[None] < QUESTION_LENGTHS[:, None], q, 0)
+
+
+def _widen(q, width=Q_LEN):
+    return np.pad(q, ((0, 0), (0, width - q.shape[1])))
+
+
+@functools.cache
+def _q_harness(conditioning):
+    return Harness(conditioning, Q_CFG, question_tokens=_questions())
+
+
+@pytest.fixture(params=decoder.CONDITIONINGS)
+def q_harness(request):
+    return _q_harness(request.param)
+
+
+def test_question_memory_cached_decoding_matches_teacher_forcing_and_ignores_padding(q_harness):
+    h, (image_tokens, tokens), q = q_harness, _inputs(), _questions()
+    full = np.asarray(h.forward(h.params, image_tokens, tokens, PREFIX_LEN, question_tokens=q))
+    # Extra padding (Q = 6 -> 10) changes nothing, in teacher forcing ...
+    wide = h.forward(h.params, image_tokens, tokens, PREFIX_LEN, question_tokens=_widen(q))
+    np.testing.assert_allclose(wide, full, atol=1e-5, rtol=0)
+    # ... nor in prefill + extend, which read the memory mask from the cache.
+    cached, cache = h.decode(image_tokens, tokens, PREFIX_LEN, question_tokens=_widen(q))
+    np.testing.assert_allclose(cached, _teacher_rows(full, PREFIX_LEN, STEPS), atol=1e-5, rtol=0)
+    # Cache layout: image slots, then question slots; mem_mask hides exactly the padding.
+    m = 1 if h.model.conditioning == "pooled" else N
+    heads, dh = Q_CFG["num_heads"], Q_CFG["width"] // Q_CFG["num_heads"]
+    assert set(cache) == {"pos", "layers", "mem_mask"} and cache["mem_mask"].dtype == jnp.bool_
+    want = np.concatenate([np.ones((B, m), bool), _widen(q) != 0], axis=1)
+    np.testing.assert_array_equal(cache["mem_mask"], want)
+    for layer in cache["layers"]:
+        assert layer["mk"].shape == layer["mv"].shape == (B, m + Q_LEN, heads, dh)
+    assert all(x.shape[0] == B for x in jax.tree.leaves(cache))
+    # A beam search reorders every leaf, the mask included; decoding follows the rows.
+    order = np.array([2, 0, 0])
+    ref, _ = h.extend(h.params, cache, tokens[:, 0])
+    moved, after = h.extend(h.params, jax.tree.map(lambda x: x[order], cache), tokens[order, 0])
+    np.testing.assert_allclose(moved, np.asarray(ref)[order], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(after["mem_mask"], want[order])
+
+
+def test_question_influences_every_position(q_harness):
+    h, (image_tokens, tokens), q = q_harness, _inputs(), _questions()
+    a = np.asarray(h.forward(h.params, image_tokens, tokens, PREFIX_LEN, question_tokens=q))
+    # Another question of the same lengths; and the same one with only its last real token changed.
+    other = _questions(seed=4)
+    last = q.copy()
+    rows = np.arange(B)
+    last[rows, QUESTION_LENGTHS - 1] = last[rows, QUESTION_LENGTHS - 1] % (VOCAB - 1) + 1
+    for changed in (other, last):
+        b = np.asarray(h.forward(h.params, image_tokens, tokens, PREFIX_LEN, question_tokens=changed))
+        assert np.abs(a - b).max(axis=-1).min() > 1e-4
+
+
+@pytest.mark.parametrize("conditioning", decoder.CONDITIONINGS)
+def test_text_only_arm_ignores_the_image(conditioning):
+    h, (image_tokens, tokens), q = _q_harness(conditioning), _inputs(), _questions()
+    text_only = decoder.Model(**Q_CFG, conditioning=conditioning, image_input=False)
+    # Same param tree: one checkpoint serves both arms.
+    shapes = jax.eval_shape(functools.partial(text_only.init, question_tokens=q),
+                            jax.random.PRNGKey(0), image_tokens, tokens, PREFIX_LEN)
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, h.params)
+    forward = jax.jit(text_only.apply)
+    other_images, _ = _inputs(seed=7)
+    a = forward(h.params, image_tokens, tokens, PREFIX_LEN, question_tokens=q)
+    b = forward(h.params, other_images * 3.0, tokens, PREFIX_LEN, question_tokens=q)
+    np.testing.assert_array_equal(a, b)
+    # It is the image model seeing all-zero image tokens (which does depend on the image).
+    zeros = h.forward(h.params, jnp.zeros_like(image_tokens), tokens, PREFIX_LEN, question_tokens=q)
+    with_image = h.forward(h.params, image_tokens, tokens, PREFIX_LEN, question_tokens=q)
+    np.testing.assert_allclose(a, zeros, atol=1e-6, rtol=0)
+    assert np.abs(np.asarray(with_image) - np.asarray(a)).max() > 1e-3
+
+
+def _param_shapes(**cfg):
+    image_tokens, tokens = _inputs()
+    model = decoder.Model(**{**CFG, **cfg})
+    kw = {"question_tokens": _questions()} if cfg.get("question_len") else {}
+    shapes = jax.eval_shape(functools.partial(model.init, **kw), jax.random.PRNGKey(0),
+                            image_tokens, tokens, PREFIX_LEN)
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): x.shape
+            for p, x in jax.tree_util.tree_flatten_with_path(shapes["params"])[0]}
+
+
+@pytest.mark.parametrize("conditioning", decoder.CONDITIONINGS)
+def test_question_len_zero_keeps_the_param_tree_and_cache(conditioning):
+    before = _param_shapes(conditioning=conditioning)
+    top = {"img_proj", "embed", "pos_embedding", "ln_out"} | {f"blocks_{i}" for i in range(CFG["depth"])}
+    assert {k.split("/")[0] for k in before} == top
+    assert _param_shapes(conditioning=conditioning, question_len=0, image_input=False) == before
+    # The question memory adds exactly its position embedding and LayerNorm.
+    with_q = _param_shapes(conditioning=conditioning, question_len=Q_LEN)
+    w = CFG["width"]
+    assert with_q == {**before, "question_pos_embedding": (Q_LEN, w),
+                      "question_ln/scale": (w,), "question_ln/bias": (w,)}
+    # Without question memory the cache holds no mask: {"pos", "layers"} as before.
+    h, (image_tokens, tokens) = _harness(conditioning), _inputs()
+    _, cache = jax.eval_shape(h.prefill, h.params, image_tokens,
+                              _prompt_block(tokens, PREFIX_LEN), PREFIX_LEN)
+    assert set(cache) == {"pos", "layers"}
+
+
+def test_question_errors():
+    image_tokens, tokens = _inputs()
+    q = _questions()
+    block = _prompt_block(tokens, PREFIX_LEN)
+    plain, with_q = decoder.Model(**CFG), decoder.Model(**Q_CFG)
+    p_plain = jax.eval_shape(plain.init, jax.random.PRNGKey(0), image_tokens, tokens, PREFIX_LEN)
+    p_q = _q_harness("cross").params
+
+    def check(model, params, match, *args, method=None, **kw):
+        with pytest.raises(ValueError, match=match):
+            jax.eval_shape(functools.partial(model.apply, method=method, **kw), params, *args)
+
+    for method, args in ((None, (image_tokens, tokens, PREFIX_LEN)),
+                         ("prefill", (image_tokens, block, PREFIX_LEN))):
+        check(plain, p_plain, "question_tokens were passed but this decoder has question_len=0",
+              *args, method=method, question_tokens=q)
+        check(with_q, p_q, f"question_len={Q_LEN}: pass question_tokens", *args, method=method)
+        check(with_q, p_q, rf"Q <= question_len={Q_LEN}, got shape \(3, 11\)", *args,
+              method=method, question_tokens=_widen(q, Q_LEN + 1))
+        check(with_q, p_q, r"\[B=3, Q\]", *args, method=method, question_tokens=q[:2])
+        check(with_q, p_q, "integer token ids", *args, method=method,
+              question_tokens=q.astype(np.float32))
+    # A cache without the memory mask (or with one, for a plain decoder) is refused by extend.
+    _, cache = jax.eval_shape(functools.partial(plain.apply, method="prefill"), p_plain,
+                              image_tokens, block, PREFIX_LEN)
+    check(with_q, p_q, "lacks a question memory mask", cache, tokens[:, 0], method="extend")
+    _, cache = jax.eval_shape(functools.partial(with_q.apply, method="prefill", question_tokens=q),
+                              p_q, image_tokens, block, PREFIX_LEN)
+    check(plain, p_plain, "has a question memory mask", cache, tokens[:, 0], method="extend")
+    with pytest.raises(ValueError, match="question_len must be >= 0"):
+        jax.eval_shape(decoder.Model(**{**CFG, "question_len": -1}).init, jax.random.PRNGKey(0),
                        image_tokens, tokens, PREFIX_LEN)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from litlab import freeze
-from litlab.models import lit_decoder, vit
+from litlab.models import decoder, lit_decoder, vit
 
 B, IMG, VOCAB, SEQ = 2, 16, 37, 10
 ENC = dict(patch_size=(8, 8), width=16, depth=2, mlp_dim=32, num_heads=2, pool_type="gap")
@@ -203,3 +203,37 @@ def test_load_encoder_checkpoint(tmp_path):
     assert loaded["decoder"] is params["decoder"]
     kept = lit_decoder.load(params, path, ENC, dont_load=["pos_embedding"])
     np.testing.assert_array_equal(kept["img"]["pos_embedding"], params["img"]["pos_embedding"])
+
+
+def test_question_tokens_pass_through_to_the_decoder():
+    """With question memory on, __call__ and prefill hand question_tokens to the decoder unchanged."""
+    dec = {**DEC, "question_len": 6}
+    model = lit_decoder.Model(encoder_cfg=ENC, decoder_cfg=dec, image_size=(IMG, IMG))
+    b = _batch()
+    tokens = b["tokens"][:, :-1]
+    question = jnp.asarray([[5, 6, 7, 0], [8, 0, 0, 0]], jnp.int32)
+    rng = np.random.default_rng(2)
+    image_tokens = jnp.asarray(rng.normal(size=(B, N_TOKENS, ENC["width"])).astype(np.float32))
+    shapes = jax.eval_shape(functools.partial(model.init, question_tokens=question),
+                            jax.random.PRNGKey(0), tokens, PREFIX_LEN, images=b["images"])["params"]
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape).astype(s.dtype)), shapes)
+    assert params["decoder"]["question_pos_embedding"].shape == (6, DEC["width"])
+
+    @jax.jit
+    def run(params, question):
+        apply = functools.partial(model.apply, {"params": params}, image_tokens=image_tokens,
+                                  question_tokens=question)
+        direct = decoder.Model(**dec).apply({"params": params["decoder"]}, image_tokens, tokens,
+                                            PREFIX_LEN, question_tokens=question)
+        block = tokens[:, :int(PREFIX_LEN.max())]
+        return apply(tokens, PREFIX_LEN), direct, apply(block, PREFIX_LEN, method=model.prefill)
+
+    logits, direct, (prefill_logits, cache) = run(params, question)
+    np.testing.assert_array_equal(logits, direct)
+    np.testing.assert_allclose(prefill_logits, logits[np.arange(B), PREFIX_LEN - 1], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(cache["mem_mask"][:, N_TOKENS:], question != 0)
+    other, _, _ = run(params, question.at[:, 0].set(9))
+    assert np.abs(np.asarray(other) - np.asarray(logits)).max() > 1e-4
+    with pytest.raises(ValueError, match="question_len=6: pass question_tokens"):
+        jax.eval_shape(functools.partial(model.apply, image_tokens=image_tokens), {"params": params},
+                       tokens, PREFIX_LEN)

@@ -23,6 +23,44 @@ positions use learned position embeddings 0..max_len-1; image tokens get
 none (the encoder already encoded their positions). Padding needs no mask:
 it sits after EOS, so causal attention never lets a real position see it.
 
+Question memory (`question_len` > 0; the "modality combination" study of
+LiT-decoder, Beyer et al. 2023): the VQA question is not part of the prompt
+but extra memory next to the image, and the prompt keeps only a task cue.
+Every entry point (`__call__`, `prefill`) then takes `question_tokens`
+int32 [B, Q], Q <= question_len, right-padded with pad id 0; every slot that
+holds 0 is masked out as a key, so extra padding never changes any output.
+The question memory is
+
+    question_ln(embed(question_tokens) + question_pos_embedding[:Q])
+
+with the shared (possibly output-tied) token embedding `embed`, a learned
+position embedding `question_pos_embedding` [question_len, W] (slot q gets
+row q) and a LayerNorm `question_ln`, then the text dropout. The LayerNorm is
+there because 'cross'/'pooled' feed memory to the cross-attention K/V with no
+pre-LN: without it the question tokens would sit at the scale of the text
+embedding (norm ~1, set by the tied output head) instead of that of the
+projected image tokens; it also gives the question memory its own gain and
+bias, separate from the tied embedding. It costs (question_len + 2) * W
+parameters. The question tokens follow the projected image tokens:
+
+  'cross'   memory = N image tokens, then Q question tokens (padded ones masked);
+  'prefix'  prepended sequence = N image tokens, then Q question tokens, all at
+            "position -1": bidirectional with each other and the prompt;
+            padded question slots are masked as keys (as queries their
+            outputs are computed and dropped);
+  'pooled'  memory = the pooled image token, then Q question tokens.
+
+`image_input=False` is the "text only" arm, which measures the language
+prior: the image tokens are replaced by zeros before the projection, so every
+image slot holds the projection bias and the memory carries no information
+about the image. Shapes, parameters and compute are those of the image arm, so
+the two arms differ in nothing but the image content (and the same params
+load into either).
+
+With question_len == 0 (the default) the parameter tree, the cache and every
+output are exactly those of the image-only model, and passing
+`question_tokens` is an error, as is omitting them when question_len > 0.
+
 Incremental decoding (functional KV cache)
 ------------------------------------------
 The cache is a plain pytree whose every leaf has a leading batch axis, so a
@@ -31,6 +69,9 @@ beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
   cache = {
     "pos":    int32 [B]   text position of the next token fed to `extend`,
                           i.e. the number of text tokens already cached;
+    "mem_mask": bool [B, M]  only when question_len > 0: which memory slots
+                          ("mk"/"mv" below) are visible; False exactly at
+                          padded question slots. Shared by all layers.
     "layers": tuple over depth of {
         "k", "v":   [B, S, H, Dh]  text self-attention keys/values. Slot t
                                    holds position t; slots >= pos are stale
@@ -38,7 +79,9 @@ beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
         "mk", "mv": [B, M, H, Dh]  image keys/values, computed once in
                                    `prefill`: cross-attention K/V ('cross':
                                    M=N, 'pooled': M=1) or the image prefix's
-                                   self-attention K/V ('prefix': M=N).
+                                   self-attention K/V ('prefix': M=N). With
+                                   question memory M grows by Q (the question
+                                   slots follow the image ones).
     }}
 
 S is `cache_len` (default max_len); H = num_heads, Dh = width // num_heads;
@@ -46,6 +89,7 @@ K/V are stored in `dtype_mm`. Two module methods, both deterministic:
 
   logits, cache = model.apply(params, image_tokens, tokens, lengths,
                               cache_len=S, method=Model.prefill)
+                              # + question_tokens=[B, Q] when question_len > 0
       tokens [B, T] is a right-padded prompt block (T <= S); lengths [B] >= 1
       counts each example's valid tokens, which are all treated as the prefix
       (bidirectional in 'prefix'), so pass the whole BOS+prompt+SEP with
@@ -55,8 +99,9 @@ K/V are stored in `dtype_mm`. Two module methods, both deterministic:
   logits, cache = model.apply(params, cache, token, method=Model.extend)
       token [B] int32 is written at each example's own position cache["pos"]
       (then pos += 1); returns logits [B, V] float32 for the next token. It
-      never reads the image or the projection, and no example reads another
-      example's cache. Stop before pos reaches S: writes past the end are
+      never reads the image, the question or the projections (the memory
+      mask comes from the cache), and no example reads another example's
+      cache. Stop before pos reaches S: writes past the end are
       dropped.
 
 Both are jit- and lax.while_loop-friendly (static shapes, no token loops).
@@ -148,14 +193,15 @@ class Block(nn.Module):
         self.mlp_out = _dense(self.width, self.dtype_mm)
         self.drop = nn.Dropout(self.dropout)
 
-    def _rest(self, x, mk, mv, deterministic):
+    def _rest(self, x, mk, mv, mem_mask, deterministic):
         if self.cross:
-            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, None)]), deterministic)
+            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, mem_mask)]), deterministic)
         y = self.mlp_out(nn.gelu(self.mlp_in(self.ln_mlp(x))))
         return x + self.drop(y, deterministic)
 
-    def __call__(self, x, mask, mem=None, deterministic=True):
-        """Whole sequence x [B, T, W] with mask [B, T, T]; mem [B, M, W] if cross.
+    def __call__(self, x, mask, mem=None, mem_mask=None, deterministic=True):
+        """Whole sequence x [B, T, W] with mask [B, T, T]; mem [B, M, W] if cross,
+        with key mask mem_mask [B, 1, M] (None = all visible).
 
         Returns x and this layer's K/V ({"k","v"[, "mk","mv"]}) for a cache.
         """
@@ -165,10 +211,11 @@ class Block(nn.Module):
         kv = {"k": k, "v": v}
         if self.cross:
             kv["mk"], kv["mv"] = self.xa.key_value(mem)
-        return self._rest(x, kv.get("mk"), kv.get("mv"), deterministic), kv
+        return self._rest(x, kv.get("mk"), kv.get("mv"), mem_mask, deterministic), kv
 
-    def step(self, x, layer, pos, mask):
-        """One token x [B, 1, W] per example at positions pos [B] with key mask [B, 1, S]."""
+    def step(self, x, layer, pos, mask, mem_mask=None):
+        """One token x [B, 1, W] per example at positions pos [B] with key mask [B, 1, S]
+        and memory key mask mem_mask [B, 1, M] (None = all visible)."""
         y = self.ln_sa(x)
         k, v = self.sa.key_value(y)
         rows = jnp.arange(x.shape[0])
@@ -176,9 +223,9 @@ class Block(nn.Module):
                  "v": layer["v"].at[rows, pos].set(v[:, 0], mode="drop")}
         segments = [(layer["k"], layer["v"], mask)]
         if not self.cross:  # prefix-LM: the image K/V are the first keys of self-attention.
-            segments.insert(0, (layer["mk"], layer["mv"], None))
+            segments.insert(0, (layer["mk"], layer["mv"], mem_mask))
         x = x + self.sa(y, segments)
-        return self._rest(x, layer["mk"], layer["mv"], True), layer
+        return self._rest(x, layer["mk"], layer["mv"], mem_mask, True), layer
 
 
 class Model(nn.Module):
@@ -194,6 +241,8 @@ class Model(nn.Module):
     tie_embeddings: bool = True
     conditioning: str = "cross"
     dtype_mm: str = "float32"
+    question_len: int = 0  # max question tokens held as memory; 0 = no question memory.
+    image_input: bool = True  # False: zeros replace the image tokens ("text only" arm).
 
     def setup(self):
         if self.conditioning not in CONDITIONINGS:
@@ -202,10 +251,16 @@ class Model(nn.Module):
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if self.question_len < 0:
+            raise ValueError(f"question_len must be >= 0, got {self.question_len}")
         emb_init = nn.initializers.normal(stddev=self.width ** -0.5)
         self.img_proj = _dense(self.width, self.dtype_mm)
         self.embed = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init)
         self.pos_embedding = self.param("pos_embedding", emb_init, (self.max_len, self.width))
+        if self.question_len:
+            self.question_pos_embedding = self.param("question_pos_embedding", emb_init,
+                                                     (self.question_len, self.width))
+            self.question_ln = nn.LayerNorm(LN_EPS)
         self.blocks = [
             Block(self.width, self.num_heads, self.mlp_dim or 4 * self.width, self.dropout,
                   cross=self.conditioning != "prefix", dtype_mm=self.dtype_mm)
@@ -215,12 +270,40 @@ class Model(nn.Module):
             self.head = _dense(self.vocab_size, self.dtype_mm)
         self.drop = nn.Dropout(self.dropout)
 
-    def _memory(self, image_tokens):
+    def _question(self, question_tokens, batch):
+        """Validates question_tokens against question_len; returns them as int32 [B, Q] or None."""
+        if not self.question_len:
+            if question_tokens is not None:
+                raise ValueError("question_tokens were passed but this decoder has question_len=0 "
+                                 "(no question memory); build it with question_len > 0")
+            return None
+        if question_tokens is None:
+            raise ValueError(f"this decoder has question_len={self.question_len}: pass "
+                             "question_tokens int32 [B, Q] (right-padded with 0)")
+        q = jnp.asarray(question_tokens)
+        if q.ndim != 2 or q.shape[0] != batch or q.shape[1] > self.question_len:
+            raise ValueError(f"question_tokens must be [B={batch}, Q] with Q <= question_len="
+                             f"{self.question_len}, got shape {q.shape}")
+        if not jnp.issubdtype(q.dtype, jnp.integer):
+            raise ValueError(f"question_tokens must hold integer token ids, got {q.dtype}")
+        return q.astype(jnp.int32)
+
+    def _memory(self, image_tokens, question_tokens, deterministic):
+        """Memory [B, M, W] and its key mask [B, M] bool (None when there is no question)."""
         x = jnp.asarray(image_tokens, jnp.float32)
+        if not self.image_input:  # "text only": the memory keeps its shape, not the image.
+            x = jnp.zeros_like(x)
         if self.conditioning == "pooled":
             # Projecting is affine, so pooling first is exact and N times cheaper.
             x = jnp.mean(x, axis=1, keepdims=True)
-        return self.img_proj(x)
+        mem = self.img_proj(x)
+        if question_tokens is None:
+            return mem, None
+        q = question_tokens
+        qmem = self.question_ln(self.embed(q) + self.question_pos_embedding[:q.shape[1]])
+        qmem = self.drop(qmem, deterministic)
+        valid = jnp.concatenate([jnp.ones(mem.shape[:2], bool), q != 0], axis=1)
+        return jnp.concatenate([mem, qmem.astype(mem.dtype)], axis=1), valid
 
     def _embed(self, tokens, positions, deterministic):
         x = self.embed(tokens) + self.pos_embedding[positions]
@@ -234,48 +317,62 @@ class Model(nn.Module):
                               preferred_element_type=jnp.float32)
         return self.head(x).astype(jnp.float32)
 
-    def _forward(self, image_tokens, tokens, prefix_len, deterministic):
-        """Teacher-forced pass. Returns text hidden states [B, T, W] and per-layer K/V."""
+    def _forward(self, image_tokens, tokens, prefix_len, question_tokens, deterministic):
+        """Teacher-forced pass. Returns text hidden states [B, T, W], per-layer K/V and the
+        memory key mask [B, M] (None without question memory)."""
         if image_tokens.ndim != 3 or tokens.ndim != 2:
             raise ValueError(f"expected image_tokens [B, N, D] and tokens [B, L], got "
                              f"{image_tokens.shape} and {tokens.shape}")
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"{tokens.shape[1]} text tokens exceed max_len={self.max_len}")
-        mem = self._memory(image_tokens)
+        question_tokens = self._question(question_tokens, tokens.shape[0])
+        mem, mem_valid = self._memory(image_tokens, question_tokens, deterministic)
         t = tokens.shape[1]
         x = self._embed(tokens, jnp.arange(t), deterministic)
         # Key j is visible from query i iff pos[j] <= limit[i]. Text positions
-        # are 0..T-1; image tokens count as position -1 (before all text).
+        # are 0..T-1; memory tokens count as position -1 (before all text).
+        # Padded question slots are hidden as keys (mem_valid False).
         pos = jnp.arange(t)
+        mem_mask = None
         if self.conditioning == "prefix":
             x = jnp.concatenate([mem, x], axis=1)
             pos = jnp.concatenate([jnp.full(mem.shape[1], -1), pos])
             limit = jnp.maximum(pos[None], jnp.asarray(prefix_len)[:, None] - 1)
+            mask = pos[None, None, :] <= limit[:, :, None]
+            if mem_valid is not None:
+                keys = jnp.concatenate([mem_valid, jnp.ones((mem_valid.shape[0], t), bool)], 1)
+                mask = mask & keys[:, None, :]
         else:
-            limit = pos[None]
-        mask = pos[None, None, :] <= limit[:, :, None]
+            mask = pos[None, None, :] <= pos[None, :, None]
+            if mem_valid is not None:
+                mem_mask = mem_valid[:, None, :]
         layers = []
         for block in self.blocks:
-            x, kv = block(x, mask, None if self.conditioning == "prefix" else mem, deterministic)
+            x, kv = block(x, mask, None if self.conditioning == "prefix" else mem,
+                          mem_mask=mem_mask, deterministic=deterministic)
             layers.append(kv)
-        return x[:, x.shape[1] - t:], layers
+        return x[:, x.shape[1] - t:], layers, mem_valid
 
-    def __call__(self, image_tokens, tokens, prefix_len, *, train=False):
+    def __call__(self, image_tokens, tokens, prefix_len, *, question_tokens=None, train=False):
         """Teacher-forced logits [B, L, vocab] float32 for tokens [B, L] (= full[:, :-1]).
 
         prefix_len [B] only matters for 'prefix' (it sets the bidirectional block).
+        question_tokens [B, Q] (pad 0) is required iff question_len > 0.
         """
-        h, _ = self._forward(image_tokens, tokens, prefix_len, not train)
+        h, _, _ = self._forward(image_tokens, tokens, prefix_len, question_tokens, not train)
         return self._logits(h)
 
-    def prefill(self, image_tokens, tokens, lengths, *, cache_len=None):
-        """Runs the prompt block; returns (next-token logits [B, V], cache). See module docstring."""
+    def prefill(self, image_tokens, tokens, lengths, *, question_tokens=None, cache_len=None):
+        """Runs the prompt block; returns (next-token logits [B, V], cache). See module docstring.
+
+        question_tokens [B, Q] (pad 0) is required iff question_len > 0.
+        """
         cache_len = cache_len or self.max_len
         if not tokens.shape[1] <= cache_len <= self.max_len:
             raise ValueError(f"need prompt block length {tokens.shape[1]} <= cache_len {cache_len} "
                              f"<= max_len {self.max_len}")
         lengths = jnp.asarray(lengths, jnp.int32)
-        h, layers = self._forward(image_tokens, tokens, lengths, True)
+        h, layers, mem_valid = self._forward(image_tokens, tokens, lengths, question_tokens, True)
         last = h[jnp.arange(h.shape[0]), lengths - 1]
         pad = [(0, 0), (0, cache_len - tokens.shape[1]), (0, 0), (0, 0)]
         cache_layers = []
@@ -284,16 +381,23 @@ class Model(nn.Module):
                 m = kv["k"].shape[1] - tokens.shape[1]
                 kv = {"mk": kv["k"][:, :m], "mv": kv["v"][:, :m], "k": kv["k"][:, m:], "v": kv["v"][:, m:]}
             cache_layers.append({**kv, "k": jnp.pad(kv["k"], pad), "v": jnp.pad(kv["v"], pad)})
-        return self._logits(last), {"pos": lengths, "layers": tuple(cache_layers)}
+        cache = {"pos": lengths, "layers": tuple(cache_layers)}
+        if mem_valid is not None:
+            cache["mem_mask"] = mem_valid
+        return self._logits(last), cache
 
     def extend(self, cache, token):
         """Feeds token [B] at each example's cache["pos"]; returns (logits [B, V], cache)."""
+        if ("mem_mask" in cache) != bool(self.question_len):
+            raise ValueError(f"the cache {'has' if 'mem_mask' in cache else 'lacks'} a question "
+                             f"memory mask but this decoder has question_len={self.question_len}")
         pos = cache["pos"]
+        mem_mask = cache["mem_mask"][:, None, :] if self.question_len else None
         x = self._embed(jnp.asarray(token)[:, None], pos[:, None], True)
         slots = cache["layers"][0]["k"].shape[1]
         mask = (jnp.arange(slots)[None, :] <= pos[:, None])[:, None, :]
         layers = []
         for block, layer in zip(self.blocks, cache["layers"]):
-            x, layer = block.step(x, layer, pos, mask)
+            x, layer = block.step(x, layer, pos, mask, mem_mask)
             layers.append(layer)
-        return self._logits(x[:, 0]), {"pos": pos + 1, "layers": tuple(layers)}
+        return self._logits(x[:, 0]), {**cache, "pos": pos + 1, "layers": tuple(layers)}

@@ -15,6 +15,10 @@ gradient flows into it; set `encoder_trainable` to True or to a block index N
 and pair it with `litlab.freeze.masked_optimizer(tx, params,
 frozen_patterns(encoder_trainable))` to fine-tune all of it or blocks >= N.
 
+A decoder built with `question_len` > 0 (question memory, see
+`litlab.models.decoder`) also takes `question_tokens` [B, Q] (right-padded
+with 0) at `__call__` and `prefill`; they are passed through unchanged.
+
 Incremental decoding wraps the decoder's functional KV cache (see
 `litlab.models.decoder` for the cache layout):
 
@@ -85,15 +89,18 @@ class Model(nn.Module):
             raise ValueError(f"batch size mismatch: {x.shape[0]} images vs {batch} token rows")
         return x
 
-    def __call__(self, tokens, prefix_len, *, images=None, image_tokens=None, train=False):
+    def __call__(self, tokens, prefix_len, *, images=None, image_tokens=None, question_tokens=None,
+                 train=False):
         """Teacher-forced logits [B, L, vocab] float32 for tokens [B, L] (= full[:, :-1])."""
         x = self._image_tokens(tokens.shape[0], images, image_tokens, train)
-        return self.decoder(x, tokens, prefix_len, train=train)
+        return self.decoder(x, tokens, prefix_len, question_tokens=question_tokens, train=train)
 
-    def prefill(self, tokens, lengths, *, images=None, image_tokens=None, cache_len=None):
+    def prefill(self, tokens, lengths, *, images=None, image_tokens=None, question_tokens=None,
+                cache_len=None):
         """Decoder `prefill` on a right-padded prompt block; returns (logits [B, V], cache)."""
         x = self._image_tokens(tokens.shape[0], images, image_tokens, False)
-        return self.decoder.prefill(x, tokens, lengths, cache_len=cache_len)
+        return self.decoder.prefill(x, tokens, lengths, question_tokens=question_tokens,
+                                    cache_len=cache_len)
 
     def extend(self, cache, token):
         """Decoder `extend`: one token per example; returns (logits [B, V], cache)."""
