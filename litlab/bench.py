@@ -85,17 +85,16 @@ def bench_train(*, steps: int = 20, limit: int = 256) -> dict:
     and float32 vs bfloat16 matmuls, side by side (compilation excluded)."""
     import tempfile
 
-    from litlab import train
+    from litlab import config, train
     from litlab.configs import quickstart
 
     out = {}
     for name, overrides in (("cached_bf16", {}), ("encoder_in_loop_bf16", {"feature_cache": "none"}),
                             ("cached_f32", {"matmul_precision": "float32"})):
-        c = quickstart.get_config()
-        c.total_steps, c.checkpoint_every, c.log_every, c.data.limit = steps, steps, steps, limit
-        c.update(overrides)
+        c = config.override(quickstart.get_config(), {
+            "total_steps": steps, "checkpoint_every": steps, "log_every": steps, "data.limit": limit, **overrides})
         with tempfile.TemporaryDirectory() as workdir:
-            out[f"{name}_steps_per_s"] = train.train(c, workdir, progress=False, evaluate_at_end=False).steps_per_s
+            out[f"{name}_steps_per_s"] = train.train(c, workdir, progress=False).steps_per_s
     out["cache_speedup"] = round(out["cached_bf16_steps_per_s"] / out["encoder_in_loop_bf16_steps_per_s"], 2)
     out["bf16_speedup"] = round(out["cached_bf16_steps_per_s"] / out["cached_f32_steps_per_s"], 2)
     return out

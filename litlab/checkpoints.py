@@ -81,10 +81,33 @@ class Checkpointer:
                 state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
                 return state, step
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
-                warnings.warn(f"checkpoint {self.directory / str(step)} could not be restored "
-                              f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one.",
-                              stacklevel=2)
+                self._warn_unreadable(step, e)
         return None, None
+
+    def restore_params(self, abstract_params):
+        """(params as numpy, step) from the newest readable checkpoint, without rebuilding the
+        optimizer: evaluation and prompting need only the parameters."""
+        import jax
+        import numpy as np
+
+        reader = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=False))
+        item = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(item=item, partial_restore=True, restore_args=jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item))
+        try:
+            for step in reversed(self.steps()):
+                try:
+                    return reader.restore(step, args=args)["params"], step
+                except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
+                    self._warn_unreadable(step, e)
+            return None, None
+        finally:
+            reader.close()
+
+    def _warn_unreadable(self, step: int, e: Exception) -> None:
+        warnings.warn(f"checkpoint {self.directory / str(step)} could not be restored "
+                      f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one.", stacklevel=3)
 
     def close(self) -> None:
         self.manager.close()

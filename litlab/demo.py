@@ -9,11 +9,10 @@ resumes from the last checkpoint instead of starting over.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from litlab import report, train
+from litlab import evaluate, report, train
 from litlab.configs import quickstart
 
 # The targets on the test split, printed next to what the run measured.
@@ -26,13 +25,14 @@ def run(workdir: str | Path, *, config=None, progress: bool = True) -> dict:
     workdir = Path(workdir)
     config = config or quickstart.get_config()
     t0 = time.perf_counter()
-    result = train.train(config, workdir, progress=progress)
+    result = train.train(config, workdir, evaluators=evaluate.for_config(config, progress=progress),
+                         progress=progress)
     split = config.eval.split
-    metrics = json.loads((workdir / "eval" / split / "metrics.json").read_text())
+    metrics = result.metrics[split]
     summary = {"split": split, "steps": config.total_steps, "steps_per_s": result.steps_per_s,
                "wall_s": round(time.perf_counter() - t0, 1)}
     out = report.write(workdir, summary, metrics, result.history, workdir / "eval" / split / "predictions.jsonl")
-    return {"summary": summary, "metrics": metrics, "report": str(out)}
+    return {"summary": summary, "metrics": metrics, "history": result.history, "report": str(out)}
 
 
 def main(argv=None) -> None:

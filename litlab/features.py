@@ -3,8 +3,10 @@
 With the encoder locked, its output for an image never changes, so training the decoder only
 needs each image's tokens once. They are stored in bfloat16 (half the memory; the decoder
 projects them in float32), in memory or in a memory-mapped `.npy` file under the cache folder,
-named by a digest of the encoder parameters, the image keys and the resolution, so a later run
-over the same images with the same encoder reuses the file instead of encoding again.
+named by a digest of the encoder parameters, the image keys and the pixels themselves, so a
+later run over the same images with the same encoder reuses the file instead of encoding again,
+and a run over other pixels (another render seed, another resolution, an edited image file)
+never reads it.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ def params_digest(params) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(encoder_digest: str, image_keys: list[str], resolution: int) -> str:
-    h = hashlib.sha256(f"{encoder_digest}|{resolution}|".encode())
+def cache_key(encoder_digest: str, image_keys: list[str], images: np.ndarray) -> str:
+    """Names the cache file by everything its rows depend on: the encoder and the exact pixels.
+    Hashing the pixels (about 1 GB/s) is what makes the key safe against any change to how
+    images are rendered or read, not just the ones someone thought to list."""
+    h = hashlib.blake2b(f"{encoder_digest}|{images.shape}|{images.dtype}|".encode(), digest_size=16)
     h.update("\n".join(image_keys).encode())
+    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
     return h.hexdigest()[:20]
 
 
@@ -60,7 +66,7 @@ def encode_all(encode: Callable[[jax.Array], jax.Array], images: np.ndarray, tok
 
 def build(encode: Callable[[jax.Array], jax.Array], images: np.ndarray, image_keys: list[str],
           token_shape: tuple[int, int], *, encoder_digest: str, where: str = "memory",
-          cache_dir: str | Path | None = None, batch_size: int = 256) -> np.ndarray:
+          cache_dir: str | Path | None = None, batch_size: int = 256, desc: str = "cache features") -> np.ndarray:
     """Image tokens [n_images, N, D] bfloat16, row i for `images[i]`.
 
     where="memory" keeps them in RAM; where="disk" keeps a memory-mapped file in `cache_dir`
@@ -70,12 +76,12 @@ def build(encode: Callable[[jax.Array], jax.Array], images: np.ndarray, image_ke
     if len(images) != len(image_keys):
         raise ValueError(f"{len(images)} images but {len(image_keys)} image keys.")
     if where == "memory":
-        return encode_all(encode, images, token_shape, batch_size=batch_size)
+        return encode_all(encode, images, token_shape, batch_size=batch_size, desc=desc)
     if where != "disk":
         raise ValueError(f"feature cache 'where' must be 'memory' or 'disk', got {where!r}.")
     if cache_dir is None:
         raise ValueError("a disk feature cache needs cache_dir.")
-    path = Path(cache_dir) / f"features-{cache_key(encoder_digest, image_keys, images.shape[1])}.npy"
+    path = Path(cache_dir) / f"features-{cache_key(encoder_digest, image_keys, images)}.npy"
     shape = (len(images),) + tuple(token_shape)
     if path.is_file():
         cached = np.load(path, mmap_mode="r")
@@ -84,7 +90,7 @@ def build(encode: Callable[[jax.Array], jax.Array], images: np.ndarray, image_ke
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
     raw = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=shape)
-    encode_all(encode, images, token_shape, batch_size=batch_size, out=raw.view(BF16))
+    encode_all(encode, images, token_shape, batch_size=batch_size, out=raw.view(BF16), desc=desc)
     raw.flush()
     del raw
     os.replace(tmp, path)

@@ -25,3 +25,19 @@ def loss_curve(history: list[dict]) -> alt.Chart:
     return alt.Chart(pd.DataFrame(rows), title="training loss").mark_line().encode(
         x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(type="log")), color="series:N",
         tooltip=["step", "series", alt.Tooltip("loss:Q", format=".4f")])
+
+
+def study_chart(summary: pd.DataFrame, title: str = "") -> alt.Chart:
+    """One panel per (split, task): each arm's mean over seeds with its 95% interval as an error
+    bar, from `litlab.study.summarize` of the primary metrics."""
+    data = summary.assign(lo=summary["mean"] - summary.ci95.fillna(0), hi=summary["mean"] + summary.ci95.fillna(0),
+                          panel=summary.task + " (" + summary.metric + ")")
+    arms = list(dict.fromkeys(data.arm))
+    base = alt.Chart().encode(x=alt.X("arm:N", sort=arms, title=None))
+    bars = base.mark_bar().encode(y=alt.Y("mean:Q", title="mean over seeds"), color=alt.Color("arm:N", sort=arms),
+                                  tooltip=["arm", "task", "split", alt.Tooltip("mean:Q", format=".3f"),
+                                           alt.Tooltip("ci95:Q", format=".3f", title="95% CI +/-"), "n"])
+    errors = base.mark_errorbar(ticks=True).encode(y="lo:Q", y2="hi:Q")
+    return alt.layer(bars, errors, data=data).properties(width=110, height=120).facet(
+        column=alt.Column("panel:N", title=None), row=alt.Row("split:N", title=None)).resolve_scale(
+        y="independent").properties(title=title)

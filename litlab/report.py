@@ -10,8 +10,9 @@ from litlab import plots
 
 
 def table(results: dict) -> str:
-    """A plain-text table: one row per task, one column per metric."""
-    cols = sorted({m for r in results.values() for m in r})
+    """A plain-text table: one row per task, one column per metric (per-family scores, named
+    "metric/family", stay in metrics.json)."""
+    cols = sorted({m for r in results.values() for m in r if "/" not in m})
     lines = [f"{'task':16s}" + "".join(f"{c:>20s}" for c in cols)]
     for task, r in results.items():
         lines.append(f"{task:16s}" + "".join(f"{r[c]:20.4f}" if c in r else f"{'':20s}" for c in cols))

@@ -1,39 +1,37 @@
 """Training the LiT-decoder: one code path behind the CLI and the notebooks.
 
-    python -m litlab.train --config litlab/configs/quickstart.py[:smoke] --workdir DIR [--config.KEY=V]
+    python -m litlab.train --config litlab/configs/quickstart.py[:smoke] --workdir DIR [--config.KEY=V] [--overwrite]
 
 The step is one jitted function with the train state donated; the loss covers target tokens
 only. With a frozen encoder, image tokens come from the feature cache, so the encoder never runs
 during training. Checkpoints are atomic and the data stream is a pure function of the step, so
 a killed run restarted with the same command continues exactly where its last checkpoint was.
+A workdir belongs to one config: rerunning it with a config that would change the result is
+refused (or, with --overwrite, the old run is moved aside), so two experiments never mix.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
-import difflib
 import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from litlab import checkpoints, features, freeze, sharding
-from litlab.configs import quickstart
+from litlab import checkpoints, config as config_lib, decode, evaluate, freeze, runs, sharding
 from litlab.data import mixtures, pipeline, tasks
 from litlab.data.tokenizer import Tokenizer
-from litlab.models import lit_decoder, vit
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @flax.struct.dataclass
@@ -43,69 +41,13 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def _flat_keys(cfg, prefix="") -> set[str]:
-    keys = set()
-    for k, v in cfg.items():
-        name = f"{prefix}{k}"
-        keys.add(name)
-        # encoder.model holds free-form ViT constructor arguments.
-        if isinstance(v, (ml_collections.ConfigDict, dict)) and name != "encoder.model":
-            keys |= _flat_keys(v, name + ".")
-    return keys
-
-
-def check_config(config) -> None:
-    """Unknown keys fail at start, naming the valid keys closest to each."""
-    valid = _flat_keys(quickstart.get_config())
-    unknown = sorted(_flat_keys(config) - valid)
-    if unknown:
-        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, valid, 3, 0.5) or 'none'}?)"
-                 for k in unknown]
-        raise ValueError(f"unknown config key(s): {', '.join(hints)}. Valid keys: {sorted(valid)}.")
-
-
-def resolve_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else ROOT / p
-
-
-def build_model(config, vocab_size: int) -> lit_decoder.Model:
-    dtype = {"float32": "float32", "bfloat16": "bfloat16"}.get(config.matmul_precision)
-    if dtype is None:
-        raise ValueError(f"matmul_precision must be 'float32' or 'bfloat16', got {config.matmul_precision!r}.")
-    r = config.data.resolution
-    return lit_decoder.Model(
-        encoder_cfg={**dict(config.encoder.model), "dtype_mm": dtype},
-        decoder_cfg={**dict(config.decoder), "vocab_size": vocab_size, "max_len": config.data.max_len,
-                     "dtype_mm": dtype},
-        image_size=(r, r), encoder_trainable=config.encoder.trainable)
-
-
-def init_params(model: lit_decoder.Model, config) -> dict:
-    """Decoder params from init; encoder params from the checkpoint (only their shapes are
-    traced, never a random init that would be thrown away) or a random init without one."""
-    r, L = config.data.resolution, config.data.max_len
-    rng = jax.random.PRNGKey(config.seed)
-    n, d = model.token_shape()
-    params = dict(jax.jit(model.init)(rng, jnp.zeros((1, L - 1), jnp.int32), jnp.ones((1,), jnp.int32),
-                                      image_tokens=jnp.zeros((1, n, d)))["params"])
-    encoder = vit.Model(**model.encoder_cfg)
-    images = jnp.zeros((1, r, r, 3))
-    if not config.encoder.path:
-        params["img"] = jax.jit(encoder.init)(rng, images)["params"]
-        return params
-    path = resolve_path(config.encoder.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder checkpoint {path} (config.encoder.path) not found; rebuild "
-                                "it with `python -m litlab.pretrain` or point to a big_vision ViT .npz.")
-    params["img"] = vit.load(jax.eval_shape(encoder.init, rng, images)["params"], str(path),
-                             dict(config.encoder.model))
-    return params
+class WorkdirMismatch(ValueError):
+    """The workdir holds a run whose config differs in something that changes the result."""
 
 
 def enable_compilation_cache() -> None:
-    """Reuse compiled XLA programs across runs (tests, resumed runs, notebooks): on 2 CPU cores
-    compiling costs more than a short training run. A user's own setting wins."""
+    """Reuse compiled XLA programs across runs (tests, resumed runs, studies, notebooks): on 2 CPU
+    cores compiling often costs more than a short training run. A user's own setting wins."""
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(tasks.cache_dir() / "jax"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -148,6 +90,8 @@ def loss_and_metrics(model, params, batch, rng, *, num_tasks: int, label_smoothi
     tokens = batch["tokens"]
     inputs, labels, mask = tokens[:, :-1], tokens[:, 1:], batch["loss_mask"][:, 1:]
     image = {"image_tokens": batch["image_tokens"]} if "image_tokens" in batch else {"images": batch["image"]}
+    if "question_tokens" in batch:
+        image["question_tokens"] = batch["question_tokens"]
     logits = model.apply({"params": params}, inputs, batch["prefix_len"], train=train,
                          rngs={"dropout": rng}, **image)
     vocab = logits.shape[-1]
@@ -165,11 +109,13 @@ def loss_and_metrics(model, params, batch, rng, *, num_tasks: int, label_smoothi
                   "task_accuracy": seg(ex_ok) / t_tok, "task_tokens": seg(ex_tok)}
 
 
-def make_train_step(model, tx, frozen, schedule, *, seed: int, num_tasks: int, label_smoothing: float):
-    base = jax.random.PRNGKey(seed)
+def make_train_step(model, tx, frozen, schedule, *, num_tasks: int, label_smoothing: float):
+    """step(state, batch, seed_key) -> (state, metrics). The seed's key is an argument, not a
+    constant baked into the program, so the runs of a study that differ only in seed share one
+    compiled step."""
 
-    def step(state: TrainState, batch):
-        rng = jax.random.fold_in(base, state.step)
+    def step(state: TrainState, batch, seed_key):
+        rng = jax.random.fold_in(seed_key, state.step)
         grad_fn = jax.value_and_grad(
             lambda p: loss_and_metrics(model, p, batch, rng, num_tasks=num_tasks,
                                        label_smoothing=label_smoothing, train=True), has_aux=True)
@@ -183,45 +129,15 @@ def make_train_step(model, tx, frozen, schedule, *, seed: int, num_tasks: int, l
     return step
 
 
-@dataclasses.dataclass
-class Run:
-    """What training leaves for evaluation, prompting and notebooks."""
-    config: ml_collections.ConfigDict
-    workdir: Path
-    model: lit_decoder.Model
-    params: dict
-    tokenizer: Tokenizer
-    data: pipeline.MixtureData
-    history: list[dict]
-    image_tokens: np.ndarray | None  # the feature cache of data.images, if one was built
-    steps_per_s: float
-
-
-def load_data(config, tok: Tokenizer, split: str = "train") -> pipeline.MixtureData:
-    return pipeline.build(mixtures.get_mixture(config.mixture), split, tok, max_len=config.data.max_len,
-                          prompting=tasks.Prompting(config.prompt_style, config.prompt_shared),
-                          seed=config.seed, resolution=config.data.resolution, limit=config.data.limit)
-
-
-def encoder_fn(model: lit_decoder.Model, params: dict):
-    """Jitted uint8 images -> image tokens, for the feature cache and for evaluation."""
-    @jax.jit
-    def encode(images):
-        x = images.astype(jnp.float32) / 127.5 - 1.0
-        return model.apply({"params": params}, x, method=lit_decoder.Model.encode)
-    return encode
-
-
 def build_feature_cache(config, model, params, data) -> np.ndarray | None:
     if config.feature_cache == "none":
         return None
+    if config.feature_cache not in ("memory", "disk"):
+        raise ValueError(f"feature_cache must be 'memory', 'disk' or 'none', got {config.feature_cache!r}.")
     if config.encoder.trainable is not False:
         raise ValueError("feature_cache needs a frozen encoder (encoder.trainable=False): a trained "
                          "encoder changes its features every step. Set feature_cache='none'.")
-    shape = model.token_shape()
-    return features.build(encoder_fn(model, params), data.images, data.image_keys, shape,
-                          encoder_digest=features.params_digest(params["img"]), where=config.feature_cache,
-                          cache_dir=tasks.cache_dir() / "features")
+    return runs.image_tokens(config, model, params, data.images, data.image_keys)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -230,13 +146,62 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def train(config, workdir: str | Path, *, progress: bool = True, evaluate_at_end: bool = True) -> Run:
-    """Trains (or resumes) the run in `workdir`; the notebooks and the CLI both call this."""
-    check_config(config)
-    evaluate = None
-    if evaluate_at_end or config.eval_every:
-        from litlab import evaluate  # evaluation imports training helpers; import late to avoid a cycle
+def validate(config) -> None:
+    """Everything that can be checked before the first expensive step (rendering, caching,
+    compiling), each error naming its key."""
+    config_lib.check(config)
+    for key in ("total_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                "data.max_len", "data.resolution", "decoder.depth", "decoder.width", "decoder.num_heads",
+                "eval.limit", "eval.batch_size"):
+        value = config_lib.flat(config)[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config key {key!r} must be a positive integer, got {value!r}.")
+    if config.inputs.question == "memory" and (not isinstance(config.data.question_len, int)
+                                               or config.data.question_len < 1):
+        raise ValueError(f"config key 'data.question_len' must be a positive integer with "
+                         f"inputs.question='memory', got {config.data.question_len!r}.")
+    runs.prompting(config)  # an unknown prompt style or question place fails here
+    mixtures.get_mixture(config.mixture)
+    decode.parse_method(config.eval.decode)  # not only after training has finished
 
+
+def _set_aside(workdir: Path) -> Path:
+    """Moves a previous run's files out of `workdir` into a sibling folder; nothing is deleted."""
+    aside = workdir.with_name(f"{workdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside.mkdir(parents=True)
+    for p in workdir.iterdir():
+        if p.name != ".lock":
+            p.rename(aside / p.name)
+    return aside
+
+
+def _claim(workdir: Path, config, overwrite: bool) -> None:
+    """Refuses a workdir that holds another experiment; `overwrite` sets that one aside."""
+    saved_path = workdir / "config.json"
+    has_run = saved_path.is_file() or (workdir / "checkpoints").is_dir()
+    if not has_run:
+        return
+    diff = (config_lib.differences(runs.read_config(workdir), config) if saved_path.is_file()
+            else {"config.json": ("<missing>", "present")})
+    if not diff:
+        return
+    if overwrite:
+        print(f"--overwrite: the previous run in {workdir} was moved to {_set_aside(workdir)}", flush=True)
+        return
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:8])
+    more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
+    raise WorkdirMismatch(
+        f"workdir {workdir} holds a run with a different config ({shown}{more}). Resuming it would mix "
+        "two experiments. Use a new --workdir, or pass --overwrite (train(..., overwrite=True)) to move "
+        "the old run aside and start this one.")
+
+
+def train(config, workdir: str | Path, *, evaluators: Sequence = (), progress: bool = True,
+          overwrite: bool = False) -> runs.Run:
+    """Trains (or resumes) the run in `workdir` and returns it with `metrics` filled in by the
+    `evaluators` (callables `(run, tag=None) -> {task: {metric: value}}`, e.g. from
+    `litlab.evaluate.for_config`), which also run every `eval_every` steps."""
+    validate(config)
     enable_compilation_cache()
     workdir = Path(workdir)
     # Process 0 holds the lock for all processes of a multi-host run (they share the workdir).
@@ -244,11 +209,10 @@ def train(config, workdir: str | Path, *, progress: bool = True, evaluate_at_end
     with lock:
         t_start = time.perf_counter()
         if jax.process_index() == 0:
-            _write_json(workdir / "config.json", config.to_dict())
+            _claim(workdir, config, overwrite)
         tok = Tokenizer()
-        data = load_data(config, tok)
-        model = build_model(config, tok.vocab_size)
-        params = init_params(model, config)
+        model = runs.build_model(config, tok.vocab_size)
+        params = runs.init_params(model, config)
         schedule = make_schedule(config)
         tx, frozen = make_optimizer(config, params, schedule)
 
@@ -257,6 +221,10 @@ def train(config, workdir: str | Path, *, progress: bool = True, evaluate_at_end
         state_sh = TrainState(sharding.replicated(mesh),
                               sharding.param_shardings(mesh, params, config.sharding_strategy),
                               sharding.param_shardings(mesh, state.opt_state, config.sharding_strategy))
+        # Everything is validated; from here on the workdir is this config's.
+        if jax.process_index() == 0:
+            _write_json(workdir / "config.json", config.to_dict())
+        data = runs.load_data(config, tok)
         state = jax.device_put(state, state_sh)
         ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
         abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
@@ -267,23 +235,23 @@ def train(config, workdir: str | Path, *, progress: bool = True, evaluate_at_end
         start = int(start or 0)
 
         image_tokens = build_feature_cache(config, model, params, data)
-        num_tasks = len(data.tasks)
-        step_fn = jax.jit(make_train_step(model, tx, frozen, schedule, seed=config.seed, num_tasks=num_tasks,
+        step_fn = jax.jit(make_train_step(model, tx, frozen, schedule, num_tasks=len(data.tasks),
                                           label_smoothing=config.label_smoothing),
-                          in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                          in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                           out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
         history = _read_history(workdir, upto=start)
-        state, steps_per_s = _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start,
-                                   history, progress, evaluate if config.eval_every else None, model, tok)
+        run = runs.Run(config, workdir, model, None, tok, history=history)
+        state, run.steps_per_s = _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start,
+                                       history, progress, evaluators if config.eval_every else (), run)
         ckpt.close()
-        run = Run(config, workdir, model, host_params(state.params), tok, data, history, image_tokens,
-                  steps_per_s)
+        run.params, run.step = host_params(state.params), int(config.total_steps)
         if jax.process_index() == 0:
-            if evaluate_at_end:
-                evaluate.evaluate_run(run, split=config.eval.split, progress=progress)
+            for evaluator in evaluators:
+                run.metrics[evaluator.name] = evaluator(run)
+            run.wall_s = round(time.perf_counter() - t_start, 1)
             _write_json(workdir / "train_summary.json", {
                 "steps": config.total_steps, "resumed_from": start, "steps_per_s": run.steps_per_s,
-                "wall_s": round(time.perf_counter() - t_start, 1)})
+                "wall_s": run.wall_s, "trainable_params": run.trainable_params, "metrics": run.metrics})
         return run
 
 
@@ -315,7 +283,7 @@ def _tb_scalar_metadata() -> bytes:
 
 
 def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start, history, progress,
-          evaluator, model, tok) -> tuple[TrainState, float]:
+          evaluators, run) -> tuple[TrainState, float]:
     import tensorflow as tf
 
     total = config.total_steps
@@ -324,6 +292,7 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
                                 num_steps=max(total - start, 0), process_index=proc, process_count=nproc,
                                 with_images=image_tokens is None)
     bsh = sharding.batch_sharding(mesh)
+    seed_key = jax.device_put(jax.random.PRNGKey(config.seed), sharding.replicated(mesh))
     writer = tf.summary.create_file_writer(str(workdir / "tb")) if proc == 0 else None
     _TB_SCALAR = _tb_scalar_metadata()
     names = data.task_names
@@ -365,7 +334,7 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
         if image_tokens is not None:
             batch["image_tokens"] = np.asarray(image_tokens[row])
         batch = {k: jax.make_array_from_process_local_data(bsh, v) for k, v in batch.items()}
-        state, m = step_fn(state, batch)
+        state, m = step_fn(state, batch, seed_key)
         if prev is not None:
             check(*prev)
             if prev[0] % config.log_every == 0 or prev[0] == total:
@@ -378,11 +347,12 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
         if step % config.checkpoint_every == 0 or step == total:
             check(*prev)
             ckpt.save(step, state)
-        if evaluator and step % config.eval_every == 0 and step < total:
+        if evaluators and step % config.eval_every == 0 and step < total:
             params = host_params(state.params)  # every process takes part in the gather
             if proc == 0:
-                evaluator.evaluate_run(Run(config, workdir, model, params, tok, data, history, image_tokens, 0.0),
-                                       split=config.eval.split, progress=False, tag=f"step_{step}")
+                snapshot = dataclasses.replace(run, params=params, step=step)
+                for evaluator in evaluators:
+                    evaluator(snapshot, tag=f"step_{step}/{evaluator.name}")
     if prev is not None:  # the last step is always logged
         check(*prev)
         log(*prev)
@@ -397,30 +367,32 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "config file, e.g. litlab/configs/quickstart.py:smoke",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and evaluations go")
-    flags.DEFINE_string("coordinator", None, "host:port of process 0 for multi-host runs")
-    flags.DEFINE_integer("num_processes", 1, "number of processes (multi-host)")
-    flags.DEFINE_integer("process_id", 0, "this process's index (multi-host)")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        f = flags.FLAGS
-        if f.coordinator:
+    ap = argparse.ArgumentParser(prog="python -m litlab.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="file.py[:arg], e.g. litlab/configs/quickstart.py:smoke; "
+                    "then any --config.KEY=VALUE")
+    ap.add_argument("--workdir", required=True, help="where checkpoints, metrics and evaluations go")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="if the workdir holds a run with another config, move it aside and start anew")
+    ap.add_argument("--coordinator", default=None, help="host:port of process 0 for multi-host runs")
+    ap.add_argument("--num_processes", type=int, default=1, help="number of processes (multi-host)")
+    ap.add_argument("--process_id", type=int, default=0, help="this process's index (multi-host)")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        rest, overrides = config_lib.split_cli_overrides(argv)
+        args = ap.parse_args(rest)
+        config = config_lib.override(config_lib.load(args.config), overrides, from_strings=True)
+        if args.coordinator:
             # CPU devices need gloo for cross-process collectives; GPUs/TPUs ignore this setting.
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id)
-        try:
-            train(f.config, f.workdir)
-        except (checkpoints.WorkdirBusy, FloatingPointError, ValueError, FileNotFoundError, KeyError) as e:
-            print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-            sys.exit(2)
-
-    app.run(run, argv=argv)
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        train(config, args.workdir, evaluators=evaluate.for_config(config), overwrite=args.overwrite)
+    except (checkpoints.WorkdirBusy, FloatingPointError, ValueError, FileNotFoundError, KeyError) as e:
+        if "--debug" in argv:
+            raise
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""ipywidgets explorers: step through examples (and, later, decoded outputs) by hand."""
+"""ipywidgets explorers: step through examples, decoded outputs, and a study's arms side by side."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def _png(array) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).resize((VIEW_SIZE, VIEW_SIZE), Image.Resampling.NEAREST).save(buf, "PNG")
     return buf.getvalue()
+
+
+def _matches(prediction: str, references: list[str]) -> bool:
+    return prediction.strip().lower() in {r.strip().lower() for r in references}
 
 
 def task_browser(splits: dict[str, tasks.TaskSplit]) -> widgets.Widget:
@@ -44,9 +48,12 @@ def task_browser(splits: dict[str, tasks.TaskSplit]) -> widgets.Widget:
 
 def prompt_explorer(model, params, tok, splits: dict[str, tasks.TaskSplit],
                     methods=("greedy", "beam:4", "sample:t=0.8,k=20")) -> widgets.Widget:
-    """Pick an example, edit its prompt (or write your own), choose a decoding method, generate."""
+    """Pick an example, edit its prompt (or write your own), choose a decoding method, generate.
+    A model that reads the question as memory gets a question box beside the prompt."""
     from litlab import prompting
 
+    memory = model.decoder_cfg.get("question_len", 0) > 0
+    question = widgets.Text(description="question", layout=widgets.Layout(width="40%"))
     pick = widgets.Dropdown(options=list(splits), description="task")
     index = widgets.IntSlider(0, 0, len(next(iter(splits.values()))) - 1, description="example")
     prompt = widgets.Text(description="prompt", layout=widgets.Layout(width="60%"))
@@ -64,13 +71,14 @@ def prompt_explorer(model, params, tok, splits: dict[str, tasks.TaskSplit],
         ts, i = current()
         image.value = _png(ts.images[ts.image_index[i]])
         prompt.value = ts.turns[i][0][0]
+        question.value = ts.questions[i] if ts.questions else ""
         out.value = f"<p><b>references</b>: {', '.join(repr(r) for r in ts.references[i][:10])}</p>"
 
     def generate(*_):
         ts, i = current()
         try:
             text = repr(prompting.answer(model, params, tok, ts.images[ts.image_index[i]][None], [prompt.value],
-                                         method=method.value)[0])
+                                         method=method.value, questions=[question.value] if memory else None)[0])
         except ValueError as e:  # e.g. a prompt too long for the model: say so in the widget
             text = f"<span style='color:#b00'>{e}</span>"
         out.value = (f"<p><b>model</b>: {text}</p>"
@@ -80,8 +88,8 @@ def prompt_explorer(model, params, tok, splits: dict[str, tasks.TaskSplit],
     index.observe(show, "value")
     go.on_click(generate)
     show()
-    return widgets.VBox([widgets.HBox([pick, index]), widgets.HBox([prompt, method, go]),
-                         widgets.HBox([image, out])])
+    controls = [prompt, method, go] + ([question] if memory else [])
+    return widgets.VBox([widgets.HBox([pick, index]), widgets.HBox(controls), widgets.HBox([image, out])])
 
 
 def predictions_browser(rows: list[dict], images: dict[str, object] | None = None) -> widgets.Widget:
@@ -98,8 +106,7 @@ def predictions_browser(rows: list[dict], images: dict[str, object] | None = Non
     def selected():
         sel = [r for r in rows if r["task"] == pick.value]
         if only_wrong.value:
-            sel = [r for r in sel if r["prediction"].strip().lower() not in
-                   {x.strip().lower() for x in r["references"]}]
+            sel = [r for r in sel if not _matches(r["prediction"], r["references"])]
         return sel
 
     def show(*_):
@@ -120,3 +127,51 @@ def predictions_browser(rows: list[dict], images: dict[str, object] | None = Non
         w.observe(show, "value")
     show()
     return widgets.VBox([widgets.HBox([pick, only_wrong, index]), widgets.HBox([image, text])])
+
+
+def arm_comparison(predictions: dict[str, list[dict]], images: dict[str, object] | None = None) -> widgets.Widget:
+    """The same example as every arm of a study decoded it, side by side (from
+    `litlab.study.predictions`); optionally only the examples where the arms disagree."""
+    if not predictions or not all(predictions.values()):
+        raise ValueError("arm_comparison needs decoded rows for at least one arm.")
+    arms = list(predictions)
+    first = predictions[arms[0]]
+    for arm in arms[1:]:
+        if [(r["task"], r["image_id"], r.get("family")) for r in predictions[arm]] != \
+                [(r["task"], r["image_id"], r.get("family")) for r in first]:
+            raise ValueError(f"arm {arm!r} was evaluated on other examples than {arms[0]!r}; arms of one study "
+                             "must share their evaluation data (same data.seed and eval.limit).")
+    pick = widgets.Dropdown(options=sorted({r["task"] for r in first}), description="task")
+    disagree = widgets.Checkbox(False, description="only disagreements")
+    index = widgets.IntSlider(0, 0, 0, description="example")
+    image = widgets.Image(format="png", width=VIEW_SIZE, height=VIEW_SIZE)
+    text = widgets.HTML()
+
+    def selected():
+        rows = [i for i, r in enumerate(first) if r["task"] == pick.value]
+        if disagree.value:
+            rows = [i for i in rows if len({predictions[a][i]["prediction"] for a in arms}) > 1]
+        return rows
+
+    def show(*_):
+        rows = selected()
+        index.max = max(len(rows) - 1, 0)
+        if not rows:
+            text.value = "<p>no rows</p>"
+            return
+        i = rows[min(index.value, index.max)]
+        r = first[i]
+        if images and r["image_id"] in images:
+            image.value = _png(images[r["image_id"]])
+        cells = "".join(
+            f"<tr><td><b>{a}</b></td><td>{predictions[a][i]['prompt']!r}</td>"
+            f"<td style='color:{'#070' if _matches(predictions[a][i]['prediction'], r['references']) else '#b00'}'>"
+            f"{predictions[a][i]['prediction']!r}</td></tr>" for a in arms)
+        text.value = (f"<p><i>{r['image_id']}</i> · family <b>{r.get('family', '')}</b> · {len(rows)} rows</p>"
+                      f"<table><tr><th>arm</th><th>prompt</th><th>prediction</th></tr>{cells}</table>"
+                      f"<p><b>references</b> {', '.join(repr(x) for x in r['references'][:10])}</p>")
+
+    for w in (pick, disagree, index):
+        w.observe(show, "value")
+    show()
+    return widgets.VBox([widgets.HBox([pick, disagree, index]), widgets.HBox([image, text])])

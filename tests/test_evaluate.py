@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from litlab import demo, evaluate, prompting, report, widgets
+from litlab import demo, evaluate, prompting, report, runs, widgets
 from litlab.configs import quickstart
 from litlab.data import tasks
 
@@ -35,7 +35,12 @@ def test_demo_writes_metrics_predictions_and_report(smoke_run):
     assert set(metrics) == {"objects_cls", "scenes_caption", "scenes_vqa", "words_ocr", "text_vqa"}
     assert "exact_match_scoring" in metrics["objects_cls"] and "cider_d" in metrics["scenes_caption"]
     rows = [json.loads(l) for l in (workdir / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
-    assert {"task", "image_id", "prompt", "prediction", "references"} <= set(rows[0])
+    assert {"task", "image_id", "prompt", "family", "prediction", "references"} <= set(rows[0])
+    assert out["metrics"] == metrics  # train() returns what it wrote
+    vqa = metrics["scenes_vqa"]
+    families = {k.split("/")[1] for k in vqa if k.startswith("vqa_accuracy/")}
+    assert families and families <= {"attribute", "count", "existence", "spatial", "comparison"}
+    assert {r["family"] for r in rows if r["task"] == "scenes_vqa"} == families
     n = quickstart.get_config("smoke").eval.limit
     assert sum(r["task"] == "objects_cls" for r in rows) == n
     assert (workdir / "report" / "loss.png").stat().st_size > 1000
@@ -59,7 +64,8 @@ def test_evaluate_cli_errors(tmp_path, capsys):
 
 def test_prompting_and_widgets(smoke_run):
     workdir, _ = smoke_run
-    config, model, params, tok, _ = evaluate.load_workdir(workdir)
+    run = runs.load(workdir)
+    model, params, tok = run.model, run.params, run.tokenizer
     ts = tasks.load_task("scenes_vqa", "test", limit=2)
     imgs = ts.images[ts.image_index[:2]]
     a = prompting.answer(model, params, tok, imgs, ["how many circles are there?", "what color?"], max_new_tokens=4)

@@ -46,6 +46,23 @@ def test_disk_cache_is_reused_not_recomputed(images, tmp_path):
     assert len(calls) > n, "another encoder must not reuse these features"
 
 
+def test_disk_cache_misses_when_the_pixels_change(tmp_path):
+    """Same keys, same encoder, other render seed: the cache must not hand back the old features."""
+    from litlab.data import tasks
+    a, _ = tasks.read_records("objects", "val", seed=0, resolution=32, limit=6)
+    b, _ = tasks.read_records("objects", "val", seed=1, resolution=32, limit=6)
+    assert not np.array_equal(a, b)
+    keys = [f"objects/val/{i}" for i in range(6)]
+    calls = []
+    encode = lambda x: jnp.asarray(x, jnp.float32).reshape(x.shape[0], 4, -1)[..., :3]
+    counted = lambda x: (calls.append(x.shape[0]), encode(x))[1]
+    fa = features.build(counted, a, keys, (4, 3), encoder_digest="d", where="disk", cache_dir=tmp_path)
+    fb = features.build(counted, b, keys, (4, 3), encoder_digest="d", where="disk", cache_dir=tmp_path)
+    assert len(calls) == 2, "the second render seed must miss the cache"
+    assert not np.array_equal(np.asarray(fa), np.asarray(fb))
+    assert len(list(tmp_path.glob("features-*.npy"))) == 2
+
+
 def test_bad_arguments(images):
     with pytest.raises(ValueError, match="10 images but 2 image keys"):
         features.build(_encoder([]), images, ["a", "b"], (4, 3), encoder_digest="d")

@@ -93,3 +93,29 @@ def test_eval_batches_pad_the_last_batch(data):
     batches = list(pipeline.eval_batches(t, 16))
     assert sum(b["valid"].sum() for b in batches) == len(t)
     assert all(b["tokens"].shape == (16, MAX_LEN) for b in batches)
+
+
+def test_question_places_prompt_memory_none(tok):
+    from litlab.data import tasks
+    mix = mixtures.get_mixture("scenes_vqa")
+    build = lambda place, **k: pipeline.build(mix, "val", tok, max_len=36, limit=3,
+                                              prompting=tasks.Prompting(question=place), **k).tasks[0]
+    in_prompt, memory, none = build("prompt"), build("memory", question_len=24), build("none")
+    questions = [t[0][0].removeprefix("Answer the question: ") for t in in_prompt.turns]
+    assert all(q.endswith("?") for q in questions)
+    # Memory: the prompt keeps only the task cue, and the question tokens spell the question.
+    assert {t[0][0] for t in memory.turns} == {"Answer the question:"}
+    assert [tok.decode(q) for q in memory.question_tokens] == questions
+    assert memory.stats["questions_cut"] == 0 and memory.references == in_prompt.references
+    b = next(pipeline.eval_batches(memory, 4))
+    assert b["question_tokens"].shape == (4, 24)
+    assert pipeline.Batcher(pipeline.build(mix, "val", tok, max_len=36, limit=3, question_len=24,
+                                           prompting=tasks.Prompting(question="memory")), 8, seed=0
+                            ).batch(0)["question_tokens"].shape == (8, 24)
+    # None: no question anywhere.
+    assert {t[0][0] for t in none.turns} == {"Answer the question:"} and none.question_tokens is None
+    with pytest.warns(UserWarning, match=r"questions are longer than data.question_len=3"):
+        cut = build("memory", question_len=3)
+    assert cut.stats["questions_cut"] == len(cut)
+    with pytest.raises(ValueError, match="unknown question place 'nowhere'"):
+        tasks.Prompting(question="nowhere")

@@ -23,7 +23,7 @@ from litlab.configs import quickstart
 out = {}
 for strategy in ("replicate", "fsdp"):
     c = quickstart.get_config("smoke"); c.total_steps = %d; c.sharding_strategy = strategy
-    r = train.train(c, sys.argv[1] + "/" + strategy, progress=False, evaluate_at_end=False)
+    r = train.train(c, sys.argv[1] + "/" + strategy, progress=False)
     out[strategy] = [h["loss"] for h in r.history]
 import jax
 out["devices"] = jax.device_count()
@@ -38,7 +38,7 @@ jax.distributed.initialize(sys.argv[3], 2, int(sys.argv[1]))
 from litlab import train
 from litlab.configs import quickstart
 c = quickstart.get_config("smoke"); c.total_steps = %d
-r = train.train(c, sys.argv[2], progress=False, evaluate_at_end=False)
+r = train.train(c, sys.argv[2], progress=False)
 print("RESULT " + json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
                               "losses": [h["loss"] for h in r.history]}))
 """ % STEPS
@@ -52,7 +52,7 @@ def _result(stdout: str) -> dict:
 def one_device_losses(tmp_path_factory):
     c = quickstart.get_config("smoke")
     c.total_steps = STEPS
-    run = train.train(c, tmp_path_factory.mktemp("one"), progress=False, evaluate_at_end=False)
+    run = train.train(c, tmp_path_factory.mktemp("one"), progress=False)
     return [h["loss"] for h in run.history]
 
 

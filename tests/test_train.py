@@ -10,36 +10,29 @@ import jax
 import numpy as np
 import pytest
 
-from litlab import checkpoints, evaluate, train
+from litlab import checkpoints, config as config_lib, runs, train
 from litlab.configs import quickstart
+from litlab.data.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
 
 
 def smoke(**overrides):
-    c = quickstart.get_config("smoke")
-    c.total_steps = STEPS
-    c.checkpoint_every = 4
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return config_lib.override(quickstart.get_config("smoke"),
+                               {"total_steps": STEPS, "checkpoint_every": 4, **overrides})
 
 
 def _params(workdir):
     """Final params and step straight from the latest checkpoint."""
-    _, _, params, _, step = evaluate.load_workdir(workdir)
-    return params, step
+    run = runs.load(workdir)
+    return run.params, run.step
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ref")
-    run = train.train(smoke(), workdir, progress=False, evaluate_at_end=False)
+    run = train.train(smoke(), workdir, progress=False)
     return run, workdir
 
 
@@ -53,7 +46,7 @@ def test_smoke_run_logs_checkpoints_and_freezes_the_encoder(reference_run):
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [8, 12]
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
     # The frozen encoder is bit-identical to its initialization; the decoder moved.
-    init = train.init_params(run.model, run.config)
+    init = runs.init_params(run.model, run.config)
     for a, b in zip(jax.tree.leaves(init["img"]), jax.tree.leaves(run.params["img"])):
         np.testing.assert_array_equal(a, b)
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(init["decoder"]),
@@ -63,7 +56,7 @@ def test_smoke_run_logs_checkpoints_and_freezes_the_encoder(reference_run):
 
 def test_cached_features_give_the_encoder_in_the_loop_curve(reference_run, tmp_path):
     cached, _ = reference_run
-    live = train.train(smoke(feature_cache="none"), tmp_path, progress=False, evaluate_at_end=False)
+    live = train.train(smoke(feature_cache="none"), tmp_path, progress=False)
     a = [r["loss"] for r in cached.history]
     b = [r["loss"] for r in live.history]
     np.testing.assert_allclose(a, b, rtol=2e-3)  # the cache stores bfloat16 features
@@ -107,12 +100,12 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_
 def test_second_run_in_the_same_workdir_refuses(tmp_path):
     with checkpoints.workdir_lock(tmp_path):
         with pytest.raises(checkpoints.WorkdirBusy, match=f"workdir {tmp_path} is in use by another litlab run"):
-            train.train(smoke(), tmp_path, progress=False, evaluate_at_end=False)
+            train.train(smoke(), tmp_path, progress=False)
 
 
 def test_nan_loss_stops_naming_step_and_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"loss is nan at step \d+; stopping. Last good checkpoint"):
-        train.train(smoke(**{"optimizer.lr": float("nan")}), tmp_path, progress=False, evaluate_at_end=False)
+        train.train(smoke(**{"optimizer.lr": float("nan")}), tmp_path, progress=False)
 
 
 def test_unknown_config_key_lists_close_valid_keys():
@@ -120,9 +113,71 @@ def test_unknown_config_key_lists_close_valid_keys():
     c.unlock()
     c.optimizer.lerning_rate = 1.0
     with pytest.raises(ValueError, match=r"unknown config key\(s\): 'optimizer.lerning_rate' \(did you mean"):
-        train.check_config(c)
+        config_lib.check(c)
+    # The override API (tests, bench, study runner) and the CLI give the same error.
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): 'optimizer.lerning_rate' \(did you mean"):
+        config_lib.override(smoke(), {"optimizer.lerning_rate": 1.0})
+    _, cli = config_lib.split_cli_overrides(["--config.optimizer.lerning_rate=1"])
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): 'optimizer.lerning_rate' \(did you mean"):
+        config_lib.override(smoke(), cli, from_strings=True)
+
+
+def test_overrides_are_typed_copies():
+    base = smoke()
+    c = config_lib.override(base, {"decoder.conditioning": "prefix", "optimizer.lr": 2})
+    assert base.decoder.conditioning == "cross" and c.decoder.conditioning == "prefix"
+    assert isinstance(c.optimizer.lr, float)
+    cli = config_lib.override(base, {"total_steps": "7", "decoder.conditioning": "pooled",
+                                     "inputs.image": "false", "encoder.model.width": "16"}, from_strings=True)
+    assert (cli.total_steps, cli.decoder.conditioning, cli.inputs.image, cli.encoder.model.width) == (7, "pooled", False, 16)
+    with pytest.raises(ValueError, match="'total_steps'"):
+        config_lib.override(base, {"total_steps": "many"})
+
+
+def test_the_seed_does_not_change_the_test_set(tok):
+    """Seeds are the model's randomness; the benchmark's content is data.seed's alone."""
+    a = runs.load_data(smoke(seed=0), tok, "test", limit=4)
+    b = runs.load_data(smoke(seed=1), tok, "test", limit=4)
+    assert a.images.tobytes() == b.images.tobytes() and a.image_keys == b.image_keys
+    for ta, tb in zip(a.tasks, b.tasks):
+        assert ta.tokens.tobytes() == tb.tokens.tobytes() and ta.references == tb.references
+    c = runs.load_data(smoke(**{"data.seed": 1}), tok, "test", limit=4)
+    assert a.images.tobytes() != c.images.tobytes()
+
+
+def test_reused_workdir_with_another_config_refuses(reference_run, tmp_path):
+    import shutil
+    workdir = tmp_path / "w"
+    shutil.copytree(reference_run[1], workdir)
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    with pytest.raises(train.WorkdirMismatch, match=r"decoder.conditioning: 'cross' -> 'pooled'.*--overwrite"):
+        train.train(smoke(**{"decoder.conditioning": "pooled"}), workdir, progress=False)
+    with pytest.raises(train.WorkdirMismatch, match=r"decoder.depth: 1 -> 2"):
+        train.train(smoke(**{"decoder.depth": 2}), workdir, progress=False)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    assert json.loads((workdir / "config.json").read_text())["decoder"]["conditioning"] == "cross"
+    # Cadence keys may differ: the finished run is picked up, not retrained.
+    again = train.train(smoke(log_every=5, keep_checkpoints=3), workdir, progress=False)
+    assert again.step == STEPS and len(again.history) == STEPS
+    # --overwrite moves the old run aside; nothing is deleted.
+    train.train(smoke(**{"decoder.conditioning": "pooled", "total_steps": 2}), workdir, progress=False, overwrite=True)
+    aside = list(tmp_path.glob("w.replaced-*"))
+    assert len(aside) == 1 and sorted(p.name for p in (aside[0] / "checkpoints").iterdir()) == before
+    assert json.loads((workdir / "config.json").read_text())["decoder"]["conditioning"] == "pooled"
+
+
+def test_a_rejected_config_leaves_no_config_behind(tmp_path):
+    with pytest.raises(ValueError, match="sharding"):
+        train.train(smoke(sharding_strategy="foo"), tmp_path, progress=False)
+    assert not (tmp_path / "config.json").exists()
+    for key, value in (("total_steps", -5), ("log_every", 0), ("checkpoint_every", 0), ("eval.limit", 0)):
+        with pytest.raises(ValueError, match=f"config key '{key}' must be a positive integer"):
+            train.train(smoke(**{key: value}), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown decoding method"):
+        train.train(smoke(**{"eval.decode": "gredy"}), tmp_path, progress=False)
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_determinism_same_config_same_losses(reference_run, tmp_path):
-    again = train.train(smoke(), tmp_path, progress=False, evaluate_at_end=False)
+    again = train.train(smoke(), tmp_path, progress=False)
     assert [r["loss"] for r in again.history] == [r["loss"] for r in reference_run[0].history]

@@ -15,20 +15,30 @@ def get_config(arg=None):
     if arg not in (None, "", "smoke"):
         raise ValueError(f"unknown config argument {arg!r}; use none or 'smoke'.")
     c = ml_collections.ConfigDict()
+    # The model's randomness: init, dropout, mixture order. The benchmark's content has its own
+    # seed (data.seed), which studies leave alone, so every seed is scored on the same test set.
     c.seed = 0
 
     # Data: a mixture of the embedded tasks; prompts and their specificity are a study axis.
     c.mixture = "all_uniform"
     c.prompt_style = "natural"  # none | token | natural
     c.prompt_shared = False
+    # How the question meets the image (the modality-combination axis): in the decoder's prompt,
+    # as memory beside the image tokens (the prompt keeps only the task cue), or withheld; and
+    # image=False withholds the image (the text-only arm: the language prior).
+    c.inputs = ml_collections.ConfigDict(dict(question="prompt", image=True))
+    # seed: the benchmark's content (which images, which questions), fixed like a real dataset's.
     # limit: images per task's train split; 8,000 keeps the feature cache build near a minute.
-    c.data = ml_collections.ConfigDict(dict(resolution=64, max_len=36, limit=8000))
+    # question_len: question tokens held as memory when inputs.question="memory".
+    c.data = ml_collections.ConfigDict(dict(seed=0, resolution=64, max_len=36, limit=8000, question_len=24))
 
     # The frozen encoder: the shipped pretrained ViT (big_vision .npz), same architecture as
     # the config that pretrained it. trainable: False (locked), True, or a block index N.
+    # seed: the init of an encoder without a checkpoint (path=""); like the data, it is fixed
+    # across the seeds of a study, so every run reads the same frozen features.
     c.encoder = ml_collections.ConfigDict(dict(
         path="data/encoder/vit_pretrained.npz", model=pretrain_encoder.get_config().model.to_dict(),
-        trainable=False))
+        trainable=False, seed=0))
     # 2 layers is the paper's choice for the LiT-decoder.
     c.decoder = ml_collections.ConfigDict(dict(
         width=256, depth=2, num_heads=4, mlp_dim=1024, dropout=0.0, conditioning="cross",

@@ -32,6 +32,8 @@ class EncodedTask:
     turns: list
     references: list
     stats: dict
+    families: list[str]  # per example: the question family (VQA) or the task family
+    question_tokens: np.ndarray | None = None  # int32 [n, question_len], PAD-padded; question memory only
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -52,7 +54,19 @@ class MixtureData:
         return [t.name for t in self.tasks]
 
 
-def encode_task(ts: tasks.TaskSplit, tok: Tokenizer, max_len: int, row_offset: np.ndarray) -> EncodedTask:
+def encode_questions(tok: Tokenizer, questions: list[str], question_len: int) -> tuple[np.ndarray, int]:
+    """(question tokens [n, question_len] PAD-padded, how many were cut to fit)."""
+    out = np.full((len(questions), question_len), tok.pad_id, np.int32)
+    cut = 0
+    for i, ids in enumerate(tok.encode(questions)):
+        cut += len(ids) > question_len
+        out[i, :min(len(ids), question_len)] = ids[:question_len]
+    return out, cut
+
+
+def encode_task(ts: tasks.TaskSplit, tok: Tokenizer, max_len: int, row_offset: np.ndarray, *,
+                question_len: int | None = None) -> EncodedTask:
+    """Tokenized arrays of a task split; with `question_len`, its questions as memory tokens."""
     tokens, prefix_len, mask, n_trunc = encode_examples(tok, ts.turns, max_len)
     if n_trunc:
         warnings.warn(f"task {ts.task!r} split {ts.split!r}: {n_trunc} of {len(ts)} examples are longer "
@@ -60,14 +74,23 @@ def encode_task(ts: tasks.TaskSplit, tok: Tokenizer, max_len: int, row_offset: n
                       "'truncated'); raise max_len to keep them whole.", stacklevel=2)
     no_target = int((mask.sum(1) == 0).sum())
     stats = dict(ts.stats, truncated=n_trunc, no_target_after_truncation=no_target)
+    questions = None
+    if question_len:
+        questions, cut = encode_questions(tok, ts.questions, question_len)
+        stats["questions_cut"] = cut
+        if cut:
+            warnings.warn(f"task {ts.task!r} split {ts.split!r}: {cut} of {len(ts)} questions are longer than "
+                          f"data.question_len={question_len} tokens and were cut (counted in stats as "
+                          "'questions_cut'); raise data.question_len to keep them whole.", stacklevel=2)
     return EncodedTask(ts.task, ts.split, tokens, prefix_len, mask, row_offset[ts.image_index],
-                       ts.turns, ts.references, stats)
+                       ts.turns, ts.references, stats, list(ts.families), questions)
 
 
 def build(mixture: mixtures.Mixture, split: str, tok: Tokenizer, *, max_len: int,
           prompting: tasks.Prompting = tasks.Prompting(), seed: int = 0, resolution: int = 64,
-          limit: int | None = None) -> MixtureData:
-    """Loads, tokenizes and joins every task of the mixture for `split`."""
+          limit: int | None = None, question_len: int = 0) -> MixtureData:
+    """Loads, tokenizes and joins every task of the mixture for `split`. `seed` sets the data's
+    content (which images, which questions); the training order has a seed of its own."""
     images, keys, key_row, encoded = [], [], {}, []
     for name in mixture.tasks:
         packed = mixture.strategy == "packed" and tasks.get_task(name).packable and split == "train"
@@ -80,7 +103,8 @@ def build(mixture: mixtures.Mixture, split: str, tok: Tokenizer, *, max_len: int
                 keys.append(key)
                 images.append(ts.images[j])
             rows[j] = key_row[key]
-        encoded.append(encode_task(ts, tok, max_len, rows))
+        encoded.append(encode_task(ts, tok, max_len, rows,
+                                   question_len=question_len if prompting.question == "memory" else None))
     sizes = {t.name: len(t) for t in encoded}
     rates = mixtures.resolve_rates(mixture, sizes)
     table = np.stack(images) if images else np.zeros((0, resolution, resolution, 3), np.uint8)
@@ -99,13 +123,17 @@ class Batcher:
         cat = lambda f: np.concatenate([getattr(t, f) for t in data.tasks])
         self.tokens, self.prefix_len = cat("tokens"), cat("prefix_len")
         self.loss_mask, self.image_row = cat("loss_mask"), cat("image_row")
+        self.questions = cat("question_tokens") if data.tasks and data.tasks[0].question_tokens is not None else None
 
     def batch(self, step: int) -> dict:
         task_id, idx = self.schedule.batch(step)
         rows = self.offsets[task_id] + idx
-        return {"tokens": self.tokens[rows], "prefix_len": self.prefix_len[rows],
-                "loss_mask": self.loss_mask[rows], "image_row": self.image_row[rows],
-                "task_id": task_id.astype(np.int32)}
+        out = {"tokens": self.tokens[rows], "prefix_len": self.prefix_len[rows],
+               "loss_mask": self.loss_mask[rows], "image_row": self.image_row[rows],
+               "task_id": task_id.astype(np.int32)}
+        if self.questions is not None:
+            out["question_tokens"] = self.questions[rows]
+        return out
 
 
 def train_dataset(data: MixtureData, batch_size: int, *, seed: int, start_step: int = 0,
@@ -136,6 +164,8 @@ def train_dataset(data: MixtureData, batch_size: int, *, seed: int, start_step: 
     sig = {"tokens": tf.TensorSpec((local, L), tf.int32), "prefix_len": tf.TensorSpec((local,), tf.int32),
            "loss_mask": tf.TensorSpec((local, L), tf.float32), "image_row": tf.TensorSpec((local,), tf.int32),
            "task_id": tf.TensorSpec((local,), tf.int32)}
+    if batcher.questions is not None:
+        sig["question_tokens"] = tf.TensorSpec((local, batcher.questions.shape[1]), tf.int32)
     if with_images:
         sig["image"] = tf.TensorSpec((local,) + images.shape[1:], tf.uint8)
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
@@ -153,9 +183,12 @@ def eval_batches(task: EncodedTask, batch_size: int):
         rows = np.arange(lo, lo + batch_size)
         valid = rows < n
         rows = np.where(valid, rows, n - 1)
-        yield {"tokens": task.tokens[rows], "prefix_len": task.prefix_len[rows],
-               "loss_mask": task.loss_mask[rows], "image_row": task.image_row[rows],
-               "valid": valid, "index": rows}
+        b = {"tokens": task.tokens[rows], "prefix_len": task.prefix_len[rows],
+             "loss_mask": task.loss_mask[rows], "image_row": task.image_row[rows],
+             "valid": valid, "index": rows}
+        if task.question_tokens is not None:
+            b["question_tokens"] = task.question_tokens[rows]
+        yield b
 
 
 def realized_proportions(data: MixtureData, batch_size: int, *, seed: int, batches: int,

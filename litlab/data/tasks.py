@@ -23,6 +23,9 @@ from tqdm.auto import tqdm
 from litlab.data import language, scenes, sources
 
 PROMPT_STYLES = ("none", "token", "natural")
+# Where a VQA question goes: into the decoder's prompt, beside the image tokens as memory (only
+# the task cue stays in the prompt), or nowhere (the image-only arm). The modality-combination axis.
+QUESTION_PLACES = ("prompt", "memory", "none")
 SHARED_TOKEN = "task"
 SHARED_INSTRUCTION = "Respond to the image."
 EVAL_SPLITS = ("val", "test", "compositional")
@@ -30,13 +33,17 @@ EVAL_SPLITS = ("val", "test", "compositional")
 
 @dataclasses.dataclass(frozen=True)
 class Prompting:
-    """How precisely the decoder is told what to do (the conditioning-specificity axis)."""
+    """How precisely the decoder is told what to do (the conditioning-specificity axis), and
+    where the question goes (the modality-combination axis)."""
     style: str = "natural"
     shared: bool = False
+    question: str = "prompt"
 
     def __post_init__(self):
         if self.style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.style!r}; choose one of {PROMPT_STYLES}.")
+        if self.question not in QUESTION_PLACES:
+            raise ValueError(f"unknown question place {self.question!r}; choose one of {QUESTION_PLACES}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +60,7 @@ class Task:
     candidates: Callable[[], list[str]] | None = None
 
     def prompt(self, question: str | None, prompting: Prompting) -> str:
-        q = question or ""
+        q = (question or "") if prompting.question == "prompt" else ""
         if prompting.style == "none":
             return q
         if prompting.style == "token":
@@ -159,6 +166,8 @@ class TaskSplit:
     turns: list[list[tuple[str, str]]]  # (prompt, target) pairs per example
     references: list[list[str]]  # of the first turn, for evaluation
     stats: dict
+    questions: list[str] = dataclasses.field(default_factory=list)  # of the first turn; "" if none
+    families: list[str] = dataclasses.field(default_factory=list)  # question family; the task's family if none
 
     def __len__(self) -> int:
         return len(self.turns)
@@ -212,9 +221,12 @@ def load_task(name: str, split: str, *, prompting: Prompting = Prompting(), seed
     if packed and not task.packable:
         raise ValueError(f"task {name!r} ({task.family}) has no questions to pack; only "
                          f"{[t for t in task_names() if _TASKS[t].packable]} can be packed.")
+    if packed and prompting.question == "memory":
+        raise ValueError("a packed sequence holds several questions, but question memory holds one per "
+                         "example; use the 'mixed' or 'homogeneous' strategy with question='memory'.")
     images, records = read_records(task.source, split, seed=seed, resolution=resolution, limit=limit)
     keys, key_row, rows = [], {}, []
-    turns, refs, image_index = [], [], []
+    turns, refs, image_index, questions, families = [], [], [], [], []
     converted = 0
     for i, rec in enumerate(records):
         key = rec["image_key"]
@@ -241,6 +253,8 @@ def load_task(name: str, split: str, *, prompting: Prompting = Prompting(), seed
             turns.append(p)
             refs.append(list(it["references"]))
             image_index.append(key_row[key])
+            questions.append(it["question"] or "")
+            families.append(it.get("family", task.family))
     stats = {"images": len(keys), "examples": len(turns), "converted_to_rgb": converted}
     return TaskSplit(name, split, images[np.asarray(rows, np.int64)], keys,
-                     np.asarray(image_index, np.int32), turns, refs, stats)
+                     np.asarray(image_index, np.int32), turns, refs, stats, questions, families)

@@ -1,0 +1,24 @@
+"""The three sizes every study runs at. Study files take these and may adjust them.
+
+smoke: seconds; what `make test` runs, to show the study's code path works, not to answer it.
+fast:  the default; the whole study in at most about 15 minutes on 2 CPU cores, all seeds,
+       with enough steps that arms which really differ separate beyond the seed noise.
+full:  longer runs of the quickstart's own size, for a GPU or a long evening.
+"""
+
+from litlab.study import Setting
+
+SMOKE = Setting("quickstart:smoke", {"total_steps": 4, "checkpoint_every": 4, "log_every": 2, "data.limit": 16,
+                                     "eval.limit": 3}, seeds=(0, 1))
+FAST = Setting("quickstart", {
+    "decoder.width": 128, "decoder.num_heads": 4, "decoder.mlp_dim": 512,
+    "batch_size": 64, "total_steps": 300, "schedule.warmup_steps": 30, "optimizer.lr": 2e-3,
+    "data.limit": 2000, "eval.limit": 100, "checkpoint_every": 100, "log_every": 25}, seeds=(0, 1, 2))
+FULL = Setting("quickstart", {"total_steps": 3000, "schedule.warmup_steps": 200, "data.limit": None,
+                              "eval.limit": 1000, "checkpoint_every": 500, "log_every": 50}, seeds=(0, 1, 2))
+
+
+def all_settings(**extra: dict) -> dict:
+    """{"smoke": SMOKE, "fast": FAST, "full": FULL}, with `extra[setting]` overrides merged in."""
+    out = {"smoke": SMOKE, "fast": FAST, "full": FULL}
+    return {k: Setting(s.base, {**s.overrides, **extra.get(k, {})}, s.seeds) for k, s in out.items()}

@@ -1,0 +1,166 @@
+"""What training, evaluation, prompting and the study runner share: build a model from a config,
+initialize its parameters, reach its frozen image features, and read a trained run back.
+
+Keeping these here (and not in train.py) is what lets evaluation load a run without importing
+the trainer, and lets the trainer take evaluators from its caller, as big_vision does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from litlab import checkpoints, config as config_lib, features
+from litlab.data import mixtures, pipeline, tasks
+from litlab.data.tokenizer import Tokenizer
+from litlab.models import lit_decoder, vit
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION_MODES = ("prompt", "memory", "none")
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained (or restored) run: what evaluators, prompting and notebooks need."""
+    config: ml_collections.ConfigDict
+    workdir: Path
+    model: lit_decoder.Model
+    params: dict
+    tokenizer: Tokenizer
+    step: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    steps_per_s: float = 0.0
+    wall_s: float = 0.0
+    metrics: dict = dataclasses.field(default_factory=dict)  # {evaluator name: {task: {metric: value}}}
+
+    @property
+    def trainable_params(self) -> int:
+        """Parameters the run trained (the decoder, plus any unfrozen encoder blocks)."""
+        from litlab import freeze
+        frozen = freeze.frozen_mask(self.params, freeze.frozen_patterns(self.config.encoder.trainable)
+                                    + list(self.config.freeze))
+        return int(sum(np.size(p) for p, f in zip(jax.tree.leaves(self.params), jax.tree.leaves(frozen)) if not f))
+
+
+def resolve_path(path: str) -> Path:
+    """A config path as given, or relative to the repository (shipped assets under data/)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    if p.parts and p.parts[0] == "data":
+        from litlab import assets
+        return assets.asset_path(*p.parts[1:])
+    return ROOT / p
+
+
+def prompting(config) -> tasks.Prompting:
+    return tasks.Prompting(config.prompt_style, config.prompt_shared, config.inputs.question)
+
+
+def build_model(config, vocab_size: int) -> lit_decoder.Model:
+    dtype = {"float32": "float32", "bfloat16": "bfloat16"}.get(config.matmul_precision)
+    if dtype is None:
+        raise ValueError(f"matmul_precision must be 'float32' or 'bfloat16', got {config.matmul_precision!r}.")
+    if config.inputs.question not in QUESTION_MODES:
+        raise ValueError(f"inputs.question must be one of {QUESTION_MODES}, got {config.inputs.question!r}.")
+    question_len = config.data.question_len if config.inputs.question == "memory" else 0
+    r = config.data.resolution
+    return lit_decoder.Model(
+        encoder_cfg={**dict(config.encoder.model), "dtype_mm": dtype},
+        decoder_cfg={**dict(config.decoder), "vocab_size": vocab_size, "max_len": config.data.max_len,
+                     "dtype_mm": dtype, "question_len": question_len, "image_input": bool(config.inputs.image)},
+        image_size=(r, r), encoder_trainable=config.encoder.trainable)
+
+
+def _model_inputs(model: lit_decoder.Model, config) -> dict:
+    L = config.data.max_len
+    n, d = model.token_shape()
+    extra = {}
+    if model.decoder_cfg.get("question_len"):
+        extra["question_tokens"] = jnp.zeros((1, model.decoder_cfg["question_len"]), jnp.int32)
+    return dict(tokens=jnp.zeros((1, L - 1), jnp.int32), prefix_len=jnp.ones((1,), jnp.int32),
+                image_tokens=jnp.zeros((1, n, d)), **extra)
+
+
+def init_params(model: lit_decoder.Model, config) -> dict:
+    """Decoder params from init; encoder params from the checkpoint (only their shapes are
+    traced, never a random init that would be thrown away) or a random init without one."""
+    r = config.data.resolution
+    rng = jax.random.PRNGKey(config.seed)
+    x = _model_inputs(model, config)
+    params = dict(jax.jit(lambda k, a: model.init(k, **a))(rng, x)["params"])
+    encoder = vit.Model(**model.encoder_cfg)
+    images = jnp.zeros((1, r, r, 3))
+    if not config.encoder.path:
+        params["img"] = jax.jit(encoder.init)(jax.random.PRNGKey(config.encoder.seed), images)["params"]
+        return params
+    path = resolve_path(config.encoder.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder checkpoint {path} (config.encoder.path) not found; rebuild "
+                                "it with `python -m litlab.pretrain` or point to a big_vision ViT .npz.")
+    params["img"] = vit.load(jax.eval_shape(encoder.init, rng, images)["params"], str(path),
+                             dict(config.encoder.model))
+    return params
+
+
+def encoder_fn(model: lit_decoder.Model, params: dict):
+    """Jitted uint8 images -> image tokens, for the feature cache."""
+    @jax.jit
+    def encode(images):
+        x = images.astype(jnp.float32) / 127.5 - 1.0
+        return model.apply({"params": params}, x, method=lit_decoder.Model.encode)
+    return encode
+
+
+def image_tokens(config, model, params, images: np.ndarray, image_keys: list[str], *,
+                 desc: str = "cache features") -> np.ndarray:
+    """The encoder's tokens for `images`. A frozen encoder with `feature_cache="disk"` reads them
+    from (or adds them to) the shared on-disk cache, so every run and every evaluation over the
+    same pixels with the same encoder encodes them once; otherwise they are encoded in memory."""
+    where = "disk" if config.feature_cache == "disk" and config.encoder.trainable is False else "memory"
+    return features.build(encoder_fn(model, params), images, image_keys, model.token_shape(),
+                          encoder_digest=features.params_digest(params["img"]), where=where,
+                          cache_dir=tasks.cache_dir() / "features", batch_size=config.eval.batch_size, desc=desc)
+
+
+def load_data(config, tok: Tokenizer, split: str = "train", *, task_names=None, limit=None) -> pipeline.MixtureData:
+    """A split of the config's mixture (or of `task_names`). Its content is set by `data.seed`
+    alone, so runs that differ in `seed` see the same images and questions."""
+    mixture = mixtures.get_mixture(config.mixture)
+    if task_names is not None:
+        mixture = mixtures.Mixture(f"eval_{split}", tuple(task_names), "uniform", "mixed")
+    return pipeline.build(mixture, split, tok, max_len=config.data.max_len, prompting=prompting(config),
+                          seed=config.data.seed, resolution=config.data.resolution,
+                          limit=config.data.limit if limit is None else limit,
+                          question_len=config.data.question_len)
+
+
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {workdir} a litlab training workdir?")
+    try:
+        return config_lib.from_saved(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it should be the config a run saved.") from None
+
+
+def load(workdir: str | Path) -> Run:
+    """The latest checkpoint of a training workdir, parameters only (no optimizer state)."""
+    workdir = Path(workdir)
+    config = read_config(workdir)
+    tok = Tokenizer()
+    model = build_model(config, tok.vocab_size)
+    abstract = jax.eval_shape(lambda: init_params(model, config))
+    ckpt = checkpoints.Checkpointer(workdir, keep=max(int(config.keep_checkpoints), 1))
+    params, step = ckpt.restore_params(abstract)
+    ckpt.close()
+    if params is None:
+        raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}; train first.")
+    return Run(config, workdir, model, params, tok, step=step)

@@ -1,0 +1,184 @@
+"""The study runner: one folder per resolved config, read-back, resume, encode-once, the tables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sstats
+
+from litlab import config as config_lib, features, plots, runs, study
+from litlab.configs.studies import _settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(name="tiny", arms=None, seeds=(0, 1), **extra):
+    """A smoke-setting study over conditioning types, small enough for the test suite."""
+    arms = arms or {c: {"decoder.conditioning": c} for c in ("cross", "prefix", "pooled")}
+    smoke = study.Setting(_settings.SMOKE.base, {**_settings.SMOKE.overrides, **extra}, seeds)
+    return study.Study(name, "which conditioning?", arms, next(iter(arms)),
+                       {"smoke": smoke, "fast": smoke, "full": smoke})
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    """An empty render and feature cache, so encoder calls can be counted from zero."""
+    old = os.environ["LITLAB_CACHE"]
+    os.environ["LITLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    os.environ["LITLAB_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def smoke_study(fresh_cache, tmp_path_factory):
+    """A 3-arm x 2-seed study, with every image the encoder sees counted."""
+    encoded = []
+    real = features.encode_all
+
+    def counting(encode, images, *a, **k):
+        encoded.append(len(images))
+        return real(encode, images, *a, **k)
+
+    features.encode_all = counting
+    try:
+        results = tmp_path_factory.mktemp("results")
+        s = tiny()
+        table = study.run(s, "smoke", results=results, progress=False)
+    finally:
+        features.encode_all = real
+    return s, table, results, encoded
+
+
+def test_each_image_is_encoded_once_per_study(smoke_study, tok):
+    s, _, _, encoded = smoke_study
+    config = s.configs("smoke")[0][2]
+    distinct = len(runs.load_data(config, tok, "train").images)
+    for split in s.splits:
+        distinct += len(runs.load_data(config, tok, split, limit=config.eval.limit).images)
+    assert sum(encoded) == distinct, f"encoded {encoded} for {distinct} distinct images over 6 runs"
+
+
+def test_one_folder_per_resolved_config_and_a_tidy_table(smoke_study):
+    s, table, results, _ = smoke_study
+    digests = {config_lib.digest(c) for _, _, c in s.configs("smoke")}
+    assert len(digests) == 6
+    assert {p.name for p in (results / "runs").iterdir()} == digests
+    assert set(table.columns) >= {"arm", "seed", "split", "task", "metric", "family", "value", "steps",
+                                  "wall_s", "params"}
+    assert set(table.arm) == {"cross", "prefix", "pooled"} and set(table.seed) == {0, 1}
+    assert set(table.split) == {"test", "compositional"}
+    assert set(table.task) == {"objects_cls", "scenes_caption", "scenes_vqa", "words_ocr", "text_vqa"}
+    assert (table.steps == 4).all()
+    # prefix has no cross-attention blocks, so it trains fewer parameters than cross.
+    params = table.groupby("arm").params.first()
+    assert params["prefix"] < params["cross"] == params["pooled"]
+    # Per-family VQA scores are rows of their own.
+    vqa = table[(table.task == "scenes_vqa") & (table.metric == "vqa_accuracy")]
+    assert "all" in set(vqa.family) and len(set(vqa.family)) > 2
+    out = results / "tiny" / "smoke"
+    for name in ("table.csv", "summary.csv", "differences.csv", "findings.txt", "chart.png"):
+        assert (out / name).stat().st_size > 0, name
+    pd.testing.assert_frame_equal(study.read(s, "smoke", results=results), table, check_dtype=False)
+
+
+def test_a_finished_study_is_read_back_not_trained(smoke_study, monkeypatch):
+    s, table, results, _ = smoke_study
+    from litlab import train
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = study.run(s, "smoke", results=results, progress=False)
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_a_cut_off_run_resumes_from_its_checkpoint(smoke_study, capsys):
+    s, _, results, _ = smoke_study
+    config = config_lib.override(s.configs("smoke")[0][2], {"total_steps": 6, "checkpoint_every": 2})
+    run_dir = results / "runs" / config_lib.digest(config)
+    first = study.run_one(config, run_dir, ("test",))
+    # Cut it off after step 4: no result, no final checkpoint.
+    (run_dir / "result.json").unlink()
+    import shutil
+    shutil.rmtree(run_dir / "checkpoints" / "6")
+    capsys.readouterr()
+    result = study.run_one(config, run_dir, ("test",))
+    assert "from checkpoint step 4" in capsys.readouterr().out
+    assert result["steps"] == 6 and result["metrics"] == first["metrics"]
+
+
+def test_a_killed_study_picks_up_where_it_stopped(fresh_cache, tmp_path):
+    cmd = [sys.executable, "-m", "litlab.study", "run", "conditioning", "--setting", "smoke", "--results", str(tmp_path)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    done = lambda: list((tmp_path / "runs").glob("*/result.json")) if (tmp_path / "runs").is_dir() else []
+    while not done() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = done()
+    assert first, proc.stderr.read().decode()[-2000:]
+    assert not (tmp_path / "conditioning" / "smoke" / "table.csv").exists(), "the study finished before the kill"
+    stamps = {p: p.stat().st_mtime_ns for p in first}
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "conditioning: Which conditioning type" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in first} == stamps, "finished runs were trained again"
+    table = pd.read_csv(tmp_path / "conditioning" / "smoke" / "table.csv")
+    assert len(table.groupby(["arm", "seed"])) == 6
+
+
+def _synthetic(ref_values, arm_values):
+    rows = []
+    for arm, values in (("cross", ref_values), ("prefix", arm_values)):
+        for seed, v in enumerate(values):
+            rows.append({"arm": arm, "seed": seed, "split": "test", "task": "text_vqa", "metric": "vqa_accuracy",
+                         "family": "all", "value": v})
+    return pd.DataFrame(rows)
+
+
+def test_intervals_differences_and_findings_come_from_the_table():
+    s = tiny(arms={"cross": {}, "prefix": {"decoder.conditioning": "prefix"}})
+    table = _synthetic([0.50, 0.52, 0.51], [0.57, 0.60, 0.58])
+    summary = study.summarize(table).set_index("arm")
+    sd = np.std([0.57, 0.60, 0.58], ddof=1)
+    assert summary.loc["prefix", "mean"] == pytest.approx(0.5833333)
+    assert summary.loc["prefix", "ci95"] == pytest.approx(sstats.t.ppf(0.975, 2) * sd / np.sqrt(3))
+    diff = study.differences(table, "cross").iloc[0]
+    d = np.array([0.07, 0.08, 0.07])
+    assert diff["mean"] == pytest.approx(d.mean())
+    assert diff["ci95"] == pytest.approx(sstats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3))
+    f = study.findings(s, table)
+    assert f[0] == f"test: prefix beats cross on text_vqa (vqa_accuracy) by {d.mean():.3f} +/- {diff['ci95']:.3f} (95% CI over 3 seeds)."
+    noisy = study.findings(s, _synthetic([0.50, 0.60, 0.40], [0.55, 0.45, 0.52]))
+    assert noisy == ["test: no arm differs from cross beyond the 95% interval on text_vqa (95% CI over 3 seeds)."]
+    text = study.show(s, table)
+    assert "0.583 +/- " in text and "prefix beats cross" in text
+    spec = plots.study_chart(study.summarize(table)).to_dict()
+    assert [layer["mark"]["type"] for layer in spec["spec"]["layer"]] == ["bar", "errorbar"]
+
+
+def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
+    for name in study.available():
+        arg = "conditioning=prefix" if name == "conditioning_depth" else None
+        s = study.load(f"{name}:{arg}" if arg else name)
+        for setting in study.SETTINGS:
+            configs = s.configs(setting)
+            assert len({config_lib.digest(c) for _, _, c in configs}) == len(configs), (name, setting)
+            assert len({a for a, _, _ in configs}) == len(s.arms)
+    fast = study.load("conditioning").configs("fast")
+    assert len({(c.data.seed, c.eval.limit, c.data.limit) for _, _, c in fast}) == 1, "every arm sees the same data"
+    bad = tiny(arms={"a": {"decoder.condtioning": "prefix"}})
+    with pytest.raises(ValueError, match=r"arm 'a': unknown config key\(s\): 'decoder.condtioning'"):
+        bad.configs("smoke")
+    with pytest.raises(ValueError, match="reference arm 'z'"):
+        study.Study("x", "q", {"a": {}}, "z", tiny().settings)
+    assert study.main(["run", "nope", "--setting", "smoke"]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+    assert study.main(["show", "conditioning", "--results", "/nonexistent"]) == 2
+    assert "run the study first" in capsys.readouterr().err
