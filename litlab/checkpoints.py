@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,23 @@ class WorkdirBusy(RuntimeError):
     pass
 
 
+class WorkdirNotWritable(ValueError):
+    pass
+
+
+def check_writable(directory: str | Path, what: str) -> None:
+    """Fails before any work if `directory` cannot be created or written (a probe file, so it
+    also holds for root, whom permission bits do not stop, and for read-only mounts)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise WorkdirNotWritable(f"{what} {directory} is not writable ({e.strerror or e}); choose a "
+                                 "writable folder or fix its permissions.") from None
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str | Path):
     """Holds an exclusive lock on `workdir` for the duration of a run.
@@ -31,7 +49,7 @@ def workdir_lock(workdir: str | Path):
     leaves a stale lock behind.
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_writable(workdir, "workdir")
     path = workdir / ".lock"
     f = open(path, "a+")
     try:
@@ -75,13 +93,21 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def restore(self, abstract_state):
-        """(state, step) from the newest readable checkpoint, or (None, None) if there is none."""
+        """(state, step) from the newest readable checkpoint, or (None, None) if there is none.
+
+        An unreadable checkpoint is moved to `checkpoints.corrupt/` (never deleted), so training
+        can save that step again when it gets there, instead of failing on every rerun.
+        """
         for step in reversed(self.steps()):
             try:
                 state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
                 return state, step
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
-                self._warn_unreadable(step, e)
+                aside = self.directory.with_name("checkpoints.corrupt") / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(self.directory / str(step), aside)
+                self.manager.reload()
+                self._warn_unreadable(step, e, f" It was moved to {aside}.")
         return None, None
 
     def restore_params(self, abstract_params):
@@ -105,9 +131,9 @@ class Checkpointer:
         finally:
             reader.close()
 
-    def _warn_unreadable(self, step: int, e: Exception) -> None:
+    def _warn_unreadable(self, step: int, e: Exception, note: str = "") -> None:
         warnings.warn(f"checkpoint {self.directory / str(step)} could not be restored "
-                      f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one.", stacklevel=3)
+                      f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one.{note}", stacklevel=3)
 
     def close(self) -> None:
         self.manager.close()

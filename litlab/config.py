@@ -161,9 +161,11 @@ def comparable(config) -> dict[str, Any]:
     return d
 
 
-def digest(config) -> str:
-    """A short hash of everything that determines a run's result: the study runner's run folder."""
-    return hashlib.sha256(json.dumps(comparable(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+def digest(config, extra: str = "") -> str:
+    """A short hash of everything that determines a run's result (plus `extra`, e.g. the digest of
+    a file the config names): the study runner's run folder."""
+    text = json.dumps(comparable(config), sort_keys=True, default=str) + extra
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def differences(saved, config) -> dict[str, tuple[Any, Any]]:

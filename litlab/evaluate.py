@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from litlab import decode, metrics, runs
+from litlab import checkpoints, decode, metrics, runs
 from litlab.data import mixtures, pipeline, tasks
 
 
@@ -46,6 +46,8 @@ class Evaluator:
 
     def __call__(self, run: runs.Run, *, tag: str | None = None) -> dict:
         c = run.config
+        # Before decoding anything: results that cannot be written would be thrown away.
+        checkpoints.check_writable(Path(run.workdir) / "eval" / (tag or self.name), "evaluation folder")
         results, rows = evaluate(run, split=self.split, method=self.method or c.eval.decode,
                                  limit=self.limit or c.eval.limit,
                                  task_names=self.task_names or list(c.eval.tasks) or None,
@@ -105,7 +107,7 @@ def evaluate(run: runs.Run, *, split: str, method: str = "greedy", limit: int | 
             preds += [tok.decode(t) for t, v in zip(toks, b["valid"]) if v]
         refs = enc.references
         results[enc.name] = score_predictions(task.metrics, preds, refs, enc.families)
-        if task.family == "classification":
+        if task.family == "classification" and config.eval.score_classes:
             results[enc.name]["exact_match_scoring"] = _score_classes(
                 model, params, tok, enc, image_tokens, _candidates(task, refs), batch_size)
         for i, p in enumerate(preds):

@@ -25,7 +25,18 @@ def answer(model, params, tok: Tokenizer, images: np.ndarray, prompts: list[str]
         raise ValueError(f"images must be uint8 [B, R, R, 3], got {images.dtype} {images.shape}.")
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts.")
-    ids = [[tok.bos_id] + p + [tok.sep_id] for p in tok.encode(prompts)]
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                       or max_new_tokens < 1):
+        raise ValueError(f"max_new_tokens must be a positive integer (or None for as many as fit), got {max_new_tokens!r}.")
+    encoded = tok.encode(prompts)
+    unk = tok.sp.unk_id()
+    for prompt, p in zip(prompts, encoded):
+        if unk in p:
+            missing = sorted({c for c in prompt if not c.isspace() and unk in tok.encode([c])[0]})
+            raise ValueError(f"prompt {prompt!r} has characters the tokenizer does not know ({''.join(missing)!r}); "
+                             "they would all become the same unknown token. Rephrase them in its vocabulary "
+                             "(lower-case ASCII words, as in the training prompts).")
+    ids = [[tok.bos_id] + p + [tok.sep_id] for p in encoded]
     longest = max(len(i) for i in ids)
     max_len = model.decoder_cfg["max_len"]
     max_new_tokens = max_new_tokens or max_len - longest

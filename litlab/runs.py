@@ -8,6 +8,7 @@ the trainer, and lets the trainer take evaluators from its caller, as big_vision
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -59,6 +60,17 @@ def resolve_path(path: str) -> Path:
     return ROOT / p
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (an encoder checkpoint), or "" when it does not exist yet."""
+    if not Path(path).is_file():
+        return ""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def prompting(config) -> tasks.Prompting:
     return tasks.Prompting(config.prompt_style, config.prompt_shared, config.inputs.question)
 
@@ -101,11 +113,14 @@ def init_params(model: lit_decoder.Model, config) -> dict:
         params["img"] = jax.jit(encoder.init)(jax.random.PRNGKey(config.encoder.seed), images)["params"]
         return params
     path = resolve_path(config.encoder.path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"encoder checkpoint {path} (config.encoder.path) not found; rebuild "
                                 "it with `python -m litlab.pretrain` or point to a big_vision ViT .npz.")
-    params["img"] = vit.load(jax.eval_shape(encoder.init, rng, images)["params"], str(path),
-                             dict(config.encoder.model))
+    try:
+        params["img"] = vit.load(jax.eval_shape(encoder.init, rng, images)["params"], str(path),
+                                 dict(config.encoder.model))
+    except ValueError as e:
+        raise ValueError(f"config.encoder.path: {e}") from None
     return params
 
 

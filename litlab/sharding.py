@@ -26,12 +26,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown sharding_strategy {strategy!r}; choose one of {STRATEGIES}.")
+
+
 def param_shardings(mesh: Mesh, params, strategy: str):
     """'replicate': every device holds all params. 'fsdp': each array is split along its largest
     dimension that the device count divides (small or indivisible arrays stay replicated), so
     parameter and optimizer memory shrink with the number of devices."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown sharding_strategy {strategy!r}; choose one of {STRATEGIES}.")
+    check_strategy(strategy)
     n = mesh.shape["data"]
 
     def spec(x):

@@ -74,12 +74,24 @@ class Study:
         base = config_lib.override(config_lib.load(s.base), s.overrides)
         out = []
         for arm, overrides in self.arms.items():
+            owned = sorted(set(overrides) & {"seed", "feature_cache"})
+            if owned:
+                raise ValueError(f"study {self.name!r}, arm {arm!r}: {owned} are set by the runner (seeds come "
+                                 "from the setting, and every run uses the shared disk feature cache).")
             try:
                 arm_config = config_lib.override(base, overrides)
             except ValueError as e:
                 raise ValueError(f"study {self.name!r}, arm {arm!r}: {e}") from None
             for seed in s.seeds:
                 out.append((arm, seed, config_lib.override(arm_config, {"seed": seed, "feature_cache": "disk"})))
+        same: dict[str, list[str]] = {}
+        for arm, seed, config in out:
+            if seed == s.seeds[0]:
+                same.setdefault(config_lib.digest(config), []).append(arm)
+        twins = [arms for arms in same.values() if len(arms) > 1]
+        if twins:
+            raise ValueError(f"study {self.name!r}: arms {twins[0]} resolve to the same config at setting "
+                             f"{setting!r}, so they would be one run counted twice; make their overrides differ.")
         return out
 
 
@@ -99,6 +111,14 @@ def load(spec: str) -> Study:
     return module.get_study(arg or None)
 
 
+def run_dir(config, root: Path) -> Path:
+    """RESULTS/runs/<hash of the resolved config and of the encoder file's bytes>: a new file at
+    the same encoder path is another experiment, not a finished one."""
+    from litlab import runs
+    extra = runs.file_digest(runs.resolve_path(config.encoder.path)) if config.encoder.path else ""
+    return root / "runs" / config_lib.digest(config, extra)
+
+
 def _result_path(run_dir: Path) -> Path:
     return run_dir / "result.json"
 
@@ -112,7 +132,7 @@ def run_one(config, run_dir: Path, splits: tuple[str, ...]) -> dict:
     t0 = time.perf_counter()
     run = train.train(config, run_dir, evaluators=[evaluate.Evaluator(s, progress=False) for s in splits],
                       progress=False)
-    result = {"digest": config_lib.digest(config), "steps": run.step, "wall_s": round(time.perf_counter() - t0, 1),
+    result = {"digest": Path(run_dir).name, "steps": run.step, "wall_s": round(time.perf_counter() - t0, 1),
               "steps_per_s": run.steps_per_s, "trainable_params": run.trainable_params, "metrics": run.metrics}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
@@ -133,10 +153,11 @@ def run(study: Study | str, setting: str = "fast", *, results: str | Path | None
     plan = study.configs(setting)
     records = []
     bar = tqdm(plan, desc=f"study {study.name} ({setting})", unit="run", disable=not progress)
+    from litlab import checkpoints
+    checkpoints.check_writable(root / "runs", "study results folder")
     for arm, seed, config in bar:
         bar.set_postfix(arm=arm, seed=seed)
-        digest = config_lib.digest(config)
-        records.append((arm, seed, run_one(config, root / "runs" / digest, study.splits)))
+        records.append((arm, seed, run_one(config, run_dir(config, root), study.splits)))
     table = tidy(study, setting, records)
     write(study, setting, table, root)
     return table
@@ -285,7 +306,7 @@ def predictions(study: Study, setting: str, *, split: str = "test", seed: int | 
     seed = plan[0][1] if seed is None else seed
     out = {}
     for arm, s, config in plan:
-        path = results_root(results) / "runs" / config_lib.digest(config) / "eval" / split / "predictions.jsonl"
+        path = run_dir(config, results_root(results)) / "eval" / split / "predictions.jsonl"
         if s == seed and path.is_file():
             out[arm] = [json.loads(line) for line in path.read_text().splitlines()]
     if not out:

@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -140,26 +141,46 @@ def build_feature_cache(config, model, params, data) -> np.ndarray | None:
     return runs.image_tokens(config, model, params, data.images, data.image_keys)
 
 
-def _write_json(path: Path, obj) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Whole or not at all: a kill mid-write leaves the previous file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=2))
 
 
 def validate(config) -> None:
     """Everything that can be checked before the first expensive step (rendering, caching,
     compiling), each error naming its key."""
     config_lib.check(config)
+    flat = config_lib.flat(config)
     for key in ("total_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                 "data.max_len", "data.resolution", "decoder.depth", "decoder.width", "decoder.num_heads",
                 "eval.limit", "eval.batch_size"):
-        value = config_lib.flat(config)[key]
+        value = flat[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config key {key!r} must be a positive integer, got {value!r}.")
     if config.inputs.question == "memory" and (not isinstance(config.data.question_len, int)
                                                or config.data.question_len < 1):
         raise ValueError(f"config key 'data.question_len' must be a positive integer with "
                          f"inputs.question='memory', got {config.data.question_len!r}.")
+    patch = tuple(config.encoder.model.get("patch_size", (16, 16)))
+    if any(config.data.resolution % p for p in patch):
+        raise ValueError(f"config key 'data.resolution' ({config.data.resolution}) is not a multiple of the encoder's "
+                         f"patch size {patch} (encoder.model.patch_size): the patch layer would ignore the right "
+                         "and bottom edge. Choose a multiple of the patch size.")
+    n_dev = jax.device_count() if config.mesh.data == -1 else config.mesh.data
+    if isinstance(n_dev, int) and n_dev > 0 and config.batch_size % n_dev:
+        raise ValueError(f"config key 'batch_size' ({config.batch_size}) must be divisible by the {n_dev} devices "
+                         "of the mesh (mesh.data); choose a multiple, or set mesh.data.")
+    sharding.check_strategy(config.sharding_strategy)
+    for key, allowed in (("matmul_precision", ("float32", "bfloat16")), ("feature_cache", ("memory", "disk", "none")),
+                         ("optimizer.name", ("adamw", "adafactor")), ("schedule.name", ("cosine", "rsqrt"))):
+        if flat[key] not in allowed:
+            raise ValueError(f"config key {key!r} must be one of {allowed}, got {flat[key]!r}.")
     runs.prompting(config)  # an unknown prompt style or question place fails here
     mixtures.get_mixture(config.mixture)
     decode.parse_method(config.eval.decode)  # not only after training has finished
@@ -264,14 +285,30 @@ def host_params(params) -> dict:
 
 
 def _read_history(workdir: Path, upto: int) -> list[dict]:
-    """Logged metrics of earlier attempts up to the resumed step (later lines were not kept)."""
+    """Logged metrics of earlier attempts up to the resumed step (later lines were not kept).
+
+    A torn last line (the process was killed while writing it) is dropped with a warning; a
+    broken line anywhere else means the file was damaged, and is refused with its line number.
+    """
     path = workdir / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if lineno == len(lines):
+                warnings.warn(f"{path}:{lineno}: dropped a torn last line (a run killed while logging).", stacklevel=2)
+                continue
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); the metrics log is damaged. Fix or "
+                             "delete that line (the checkpoints are not affected).") from None
     rows = [r for r in rows if r["step"] <= upto]
     if jax.process_index() == 0:
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -297,7 +334,7 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
     _TB_SCALAR = _tb_scalar_metadata()
     names = data.task_names
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress or proc != 0)
-    metrics_file = open(workdir / "metrics.jsonl", "a") if proc == 0 else None
+    metrics_path = workdir / "metrics.jsonl" if proc == 0 else None
     prev = None  # (step, metrics) of the previous step, checked one step late to keep dispatch async
     first, t0, timed_from = start, None, start
 
@@ -319,9 +356,10 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
             if tt[i] > 0:
                 row[f"loss/{n}"], row[f"accuracy/{n}"] = float(tl[i]), float(ta[i])
         history.append(row)
-        if metrics_file:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+        if metrics_path:
+            # Opened per line, so a log deleted or moved during the run is started again.
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
             with writer.as_default(step=step):
                 for k, v in row.items():
                     if k != "step":
@@ -358,8 +396,7 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
         log(*prev)
     jax.block_until_ready(state)
     bar.close()
-    if metrics_file:
-        metrics_file.close()
+    if writer:
         writer.flush()
     elapsed = time.perf_counter() - t0 if t0 else 0.0
     sps = (start - timed_from) / elapsed if elapsed > 0 else 0.0

@@ -83,9 +83,26 @@ def test_packed_strategy_masks_every_answer(tok):
 
 def test_truncation_warns_and_counts(tok):
     m = mixtures.get_mixture("scenes_caption")
-    with pytest.warns(UserWarning, match="longer than max_len=6 tokens and were truncated"):
-        d = pipeline.build(m, "train", tok, max_len=6, limit=4)
+    with pytest.warns(UserWarning, match="longer than max_len=10 tokens and were truncated"):
+        d = pipeline.build(m, "train", tok, max_len=10, limit=4)
     assert d.tasks[0].stats["truncated"] > 0
+
+
+def test_prompts_that_fill_max_len_are_dropped_counted_and_named(tok):
+    """Such examples trained on nothing (loss mask all zero) and broke decoding at evaluation."""
+    from litlab.data import tasks
+    ts = tasks.load_task("scenes_vqa", "train", limit=4)
+    lengths = [len(tok.encode([t[0][0]])[0]) + 2 for t in ts.turns]  # BOS prompt SEP
+    max_len = int(np.median(lengths))
+    full = sum(n >= max_len for n in lengths)
+    assert 0 < full < len(lengths)
+    with pytest.warns(UserWarning, match=r"task 'scenes_vqa' split 'train': \d+ of \d+ examples have prompts that fill max_len"):
+        enc = pipeline.encode_task(ts, tok, max_len, np.arange(len(ts.image_keys), dtype=np.int32))
+    assert enc.stats["dropped_no_target"] == full and len(enc) == len(ts) - full
+    assert (enc.loss_mask.sum(1) > 0).all()
+    assert len(enc.turns) == len(enc.references) == len(enc.families) == len(enc.image_row) == len(enc)
+    with pytest.raises(ValueError, match=r"task 'scenes_vqa' split 'train': every prompt fills data.max_len=3"):
+        pipeline.encode_task(ts, tok, 3, np.arange(len(ts.image_keys), dtype=np.int32))
 
 
 def test_eval_batches_pad_the_last_batch(data):

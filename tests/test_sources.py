@@ -47,6 +47,20 @@ def test_jsonl_reads_converts_and_resizes(tmp_path, images):
     assert r2["converted_from"] == "RGBA" and np.all(r2["image"] == 255)
 
 
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG used to become solid white: PIL's RGB conversion clips at 255."""
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I")
+        out, mode = sources.to_rgb_array(img, 16)
+    assert mode == img.mode and out.shape == (16, 16, 3)
+    np.testing.assert_allclose(out[..., 0], np.rint(ramp / 257.0), atol=1)
+    assert (out[..., 0] == out[..., 2]).all() and out.min() == 0 and out.max() == 255
+    flt = Image.fromarray(np.full((8, 8), 0.5, np.float32), "F")
+    assert np.all(sources.to_rgb_array(flt, 8)[0] == 128)
+
+
 def test_jsonl_task_end_to_end_counts_conversions(tmp_path, images):
     p = _write(tmp_path, [
         {"image": "img/rgb.png", "prefix": "what color?", "suffix": "gray", "answers": ["gray"] * 10},

@@ -67,7 +67,7 @@ def test_each_image_is_encoded_once_per_study(smoke_study, tok):
 
 def test_one_folder_per_resolved_config_and_a_tidy_table(smoke_study):
     s, table, results, _ = smoke_study
-    digests = {config_lib.digest(c) for _, _, c in s.configs("smoke")}
+    digests = {study.run_dir(c, results).name for _, _, c in s.configs("smoke")}
     assert len(digests) == 6
     assert {p.name for p in (results / "runs").iterdir()} == digests
     assert set(table.columns) >= {"arm", "seed", "split", "task", "metric", "family", "value", "steps",
@@ -99,7 +99,7 @@ def test_a_finished_study_is_read_back_not_trained(smoke_study, monkeypatch):
 def test_a_cut_off_run_resumes_from_its_checkpoint(smoke_study, capsys):
     s, _, results, _ = smoke_study
     config = config_lib.override(s.configs("smoke")[0][2], {"total_steps": 6, "checkpoint_every": 2})
-    run_dir = results / "runs" / config_lib.digest(config)
+    run_dir = study.run_dir(config, results)
     first = study.run_one(config, run_dir, ("test",))
     # Cut it off after step 4: no result, no final checkpoint.
     (run_dir / "result.json").unlink()
@@ -163,6 +163,22 @@ def test_intervals_differences_and_findings_come_from_the_table():
     assert [layer["mark"]["type"] for layer in spec["spec"]["layer"]] == ["bar", "errorbar"]
 
 
+def test_a_new_encoder_file_at_the_same_path_is_a_new_run(tmp_path):
+    import shutil
+    from litlab import assets
+    enc = tmp_path / "enc.npz"
+    shutil.copy(assets.asset_path("encoder", "vit_pretrained.npz"), enc)
+    c = config_lib.override(quickstart_config(), {"encoder.path": str(enc)})
+    before = study.run_dir(c, tmp_path)
+    enc.write_bytes(enc.read_bytes()[:-1] + b"x")
+    assert study.run_dir(c, tmp_path) != before
+
+
+def quickstart_config():
+    from litlab.configs import quickstart
+    return quickstart.get_config()
+
+
 def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     for name in study.available():
         arg = "conditioning=prefix" if name == "conditioning_depth" else None
@@ -176,6 +192,10 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     bad = tiny(arms={"a": {"decoder.condtioning": "prefix"}})
     with pytest.raises(ValueError, match=r"arm 'a': unknown config key\(s\): 'decoder.condtioning'"):
         bad.configs("smoke")
+    with pytest.raises(ValueError, match=r"arm 'a': \['seed'\] are set by the runner"):
+        tiny(arms={"a": {"seed": 3}}).configs("smoke")
+    with pytest.raises(ValueError, match=r"arms \['a', 'b'\] resolve to the same config"):
+        tiny(arms={"a": {}, "b": {"decoder.conditioning": "cross"}}).configs("smoke")
     with pytest.raises(ValueError, match="reference arm 'z'"):
         study.Study("x", "q", {"a": {}}, "z", tiny().settings)
     assert study.main(["run", "nope", "--setting", "smoke"]) == 2

@@ -181,3 +181,68 @@ def test_a_rejected_config_leaves_no_config_behind(tmp_path):
 def test_determinism_same_config_same_losses(reference_run, tmp_path):
     again = train.train(smoke(), tmp_path, progress=False)
     assert [r["loss"] for r in again.history] == [r["loss"] for r in reference_run[0].history]
+
+
+def test_corrupt_latest_checkpoint_of_a_finished_run_is_set_aside_and_training_goes_on(reference_run, tmp_path):
+    import shutil
+    workdir = tmp_path / "w"
+    shutil.copytree(reference_run[1], workdir)
+    for f in (workdir / "checkpoints" / "12").rglob("*"):
+        if f.is_file() and f.stat().st_size > 64:
+            f.write_bytes(b"\0" * 16)
+    with pytest.warns(UserWarning, match=r"checkpoints/12 could not be restored.*It was moved to .*checkpoints.corrupt/12-"):
+        run = train.train(smoke(), workdir, progress=False)
+    assert run.step == STEPS and [r["step"] for r in run.history] == list(range(1, STEPS + 1))
+    assert len(list((workdir / "checkpoints.corrupt").iterdir())) == 1  # kept, never deleted
+    params, step = _params(workdir)
+    assert step == STEPS
+    for a, b in zip(jax.tree.leaves(reference_run[0].params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    again = train.train(smoke(), workdir, progress=False)  # and every later rerun works too
+    assert again.step == STEPS
+
+
+def test_metrics_log_torn_last_line_is_dropped_corrupt_middle_line_is_named(reference_run, tmp_path):
+    import shutil
+    workdir = tmp_path / "w"
+    shutil.copytree(reference_run[1], workdir)
+    log = workdir / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines) + "\n" + lines[-1][:17])  # killed while writing
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:13: dropped a torn last line"):
+        run = train.train(smoke(), workdir, progress=False)
+    assert len(run.history) == STEPS
+    log.write_text("\n".join(lines[:3] + ["{garbage"] + lines[3:]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl:4: not valid JSON"):
+        train.train(smoke(), workdir, progress=False)
+
+
+class _DeleteLog:
+    """An evaluator (called every eval_every steps) that deletes the metrics log mid-run."""
+    name = "delete_log"
+
+    def __call__(self, run, tag=None):
+        if tag:  # the periodic call, not the one at the end
+            (run.workdir / "metrics.jsonl").unlink()
+        return {}
+
+
+def test_metrics_log_deleted_during_a_run_is_started_again(tmp_path):
+    train.train(smoke(eval_every=6, log_every=1), tmp_path, evaluators=[_DeleteLog()], progress=False)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # Deleted after step 5 was logged (a line is written one step late); logged again from step 6.
+    assert steps == list(range(6, STEPS + 1))
+
+
+def test_unwritable_workdir_and_eval_folder_fail_before_any_work(reference_run, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(checkpoints.WorkdirNotWritable, match=r"workdir .*a_file/run is not writable"):
+        train.train(smoke(), blocker / "run", progress=False)
+    # Evaluation checks its output folder before it decodes anything.
+    from litlab import decode, evaluate
+    run = runs.load(reference_run[1])
+    run.workdir = blocker
+    monkeypatch.setattr(decode, "generate", lambda *a, **k: pytest.fail("decoded before checking the output"))
+    with pytest.raises(checkpoints.WorkdirNotWritable, match=r"evaluation folder .*a_file/eval/test is not writable"):
+        evaluate.Evaluator("test")(run)

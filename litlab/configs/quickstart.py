@@ -59,8 +59,10 @@ def get_config(arg=None):
     c.keep_checkpoints = 2
     c.log_every = 20
     c.eval_every = 0  # 0: evaluate at the end only
+    # score_classes: also rank every class name by likelihood (CapPa-style "exact_match_scoring"
+    # for classification tasks); it costs about as much as decoding all other tasks together.
     c.eval = ml_collections.ConfigDict(dict(
-        split="test", decode="greedy", limit=300, batch_size=256, tasks=[]))  # tasks: [] = all
+        split="test", decode="greedy", limit=300, batch_size=256, tasks=[], score_classes=True))  # tasks: [] = all
 
     # big_vision-style device mesh: the batch is sharded over all devices; params replicated or
     # FSDP-sharded over the same axis.

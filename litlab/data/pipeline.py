@@ -72,18 +72,29 @@ def encode_task(ts: tasks.TaskSplit, tok: Tokenizer, max_len: int, row_offset: n
         warnings.warn(f"task {ts.task!r} split {ts.split!r}: {n_trunc} of {len(ts)} examples are longer "
                       f"than max_len={max_len} tokens and were truncated (counted in stats as "
                       "'truncated'); raise max_len to keep them whole.", stacklevel=2)
-    no_target = int((mask.sum(1) == 0).sum())
-    stats = dict(ts.stats, truncated=n_trunc, no_target_after_truncation=no_target)
+    # A prompt that fills max_len leaves no target token: such an example would train on nothing
+    # and could not be decoded. It is dropped, counted and named, never kept silently.
+    keep = mask.sum(1) > 0
+    dropped = int((~keep).sum())
+    if dropped == len(keep):
+        raise ValueError(f"task {ts.task!r} split {ts.split!r}: every prompt fills data.max_len={max_len} "
+                         "tokens, leaving no room for a target; raise data.max_len.")
+    if dropped:
+        warnings.warn(f"task {ts.task!r} split {ts.split!r}: {dropped} of {len(ts)} examples have prompts that "
+                      f"fill max_len={max_len} tokens and no target left; they were dropped (counted in stats "
+                      "as 'dropped_no_target'). Raise data.max_len to keep them.", stacklevel=2)
+    stats = dict(ts.stats, truncated=n_trunc, dropped_no_target=dropped, examples=int(keep.sum()))
+    pick = lambda xs: [x for x, k in zip(xs, keep) if k]
     questions = None
     if question_len:
-        questions, cut = encode_questions(tok, ts.questions, question_len)
+        questions, cut = encode_questions(tok, pick(ts.questions), question_len)
         stats["questions_cut"] = cut
         if cut:
             warnings.warn(f"task {ts.task!r} split {ts.split!r}: {cut} of {len(ts)} questions are longer than "
                           f"data.question_len={question_len} tokens and were cut (counted in stats as "
                           "'questions_cut'); raise data.question_len to keep them whole.", stacklevel=2)
-    return EncodedTask(ts.task, ts.split, tokens, prefix_len, mask, row_offset[ts.image_index],
-                       ts.turns, ts.references, stats, list(ts.families), questions)
+    return EncodedTask(ts.task, ts.split, tokens[keep], prefix_len[keep], mask[keep], row_offset[ts.image_index][keep],
+                       pick(ts.turns), pick(ts.references), stats, pick(ts.families), questions)
 
 
 def build(mixture: mixtures.Mixture, split: str, tok: Tokenizer, *, max_len: int,

@@ -51,8 +51,16 @@ def to_rgb_array(img: Image.Image, resolution: int) -> tuple[np.ndarray, str | N
     """RGB uint8 [resolution, resolution, 3]; also returns the original mode when it had to be
     converted (grayscale, RGBA, palette, CMYK...), so callers can count conversions."""
     converted = None
-    if img.mode != "RGB":
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        # 16-bit and float data: PIL's RGB conversion clips at 255 (a 16-bit image turns white).
+        # Stated rule: integer data are 16-bit, scaled by 255/65535; float data in [0, 1] are
+        # scaled by 255, larger float data are taken as 0..255. Then gray becomes RGB.
         converted = img.mode
+        x = np.asarray(img, np.float64)
+        x = x * (255.0 / 65535.0) if img.mode != "F" else (x * 255.0 if x.max(initial=0.0) <= 1.0 else x)
+        img = Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8), "L")
+    if img.mode != "RGB":
+        converted = converted or img.mode
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             # Composite on white rather than dropping alpha, which would expose arbitrary colors.
             rgba = img.convert("RGBA")
@@ -97,13 +105,27 @@ class JsonlSource:
                 if missing:
                     raise ValueError(f"{loc}: missing key(s) {missing}; every line needs "
                                      f"{JSONL_REQUIRED_KEYS} (+ optional 'answers' or 'references').")
+                for key in JSONL_REQUIRED_KEYS:
+                    if not isinstance(row[key], str):
+                        raise ValueError(f"{loc}: {key!r} must be a string, got {json.dumps(row[key])}; "
+                                         "write \"\" for an empty prefix.")
+                for key in ("answers", "references"):
+                    refs = row.get(key)
+                    if refs is not None and not (isinstance(refs, str) or (
+                            isinstance(refs, list) and all(isinstance(r, str) for r in refs))):
+                        raise ValueError(f"{loc}: {key!r} must be a list of strings, got {json.dumps(refs)}.")
                 image = root / row["image"]
+                if image.is_dir():
+                    raise ValueError(f"{loc}: image {row['image']!r} is a directory ({image}), not an image file.")
                 if not image.is_file():
                     raise FileNotFoundError(f"{loc}: image file {image} does not exist; fix the path "
                                             "or pass image_root=... to JsonlSource.")
                 row["image"] = str(image)
                 rows.append(row)
                 where.append(loc)
+            if not rows:
+                raise ValueError(f"source {name!r}: JSONL file for split {split!r} has no examples: {path}; "
+                                 "give it one JSON object per line.")
             self._lines[split], self._where[split] = rows, where
 
     @property
@@ -124,8 +146,8 @@ class JsonlSource:
         refs = row.get("answers", row.get("references", [row["suffix"]]))
         if isinstance(refs, str) or not refs:
             refs = [refs] if isinstance(refs, str) and refs else [row["suffix"]]
-        return {"image": array, "image_key": row["image"], "prefix": str(row["prefix"]),
-                "suffix": str(row["suffix"]), "references": [str(r) for r in refs],
+        return {"image": array, "image_key": row["image"], "prefix": row["prefix"],
+                "suffix": row["suffix"], "references": list(refs),
                 "converted_from": converted}
 
 

@@ -288,10 +288,26 @@ def load_params(path) -> dict:
     path, subtree = os.fspath(path), None
     if not os.path.exists(path) and ":" in path:
         path, subtree = path.rsplit(":", 1)
-    with np.load(path, allow_pickle=False) as npz:
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} is not an .npz archive")
-        tree = unflatten({k: _from_stored(npz[k]) for k in npz.files})
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a checkpoint; expected a big_vision ViT .npz file.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        kind = "a single .npy array" if magic.startswith(b"\x93NUM") else "empty" if not magic else "not a zip archive"
+        raise ValueError(f"{path} is not a big_vision .npz checkpoint ({kind}); expected an .npz of named "
+                         "parameter arrays such as vit.save or big_vision write. Point to such a file, or "
+                         "rebuild the shipped encoder with `python -m litlab.pretrain`.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            tree = unflatten({k: _from_stored(npz[k]) for k in npz.files})
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ValueError(f"{path} is a truncated or corrupt .npz checkpoint ({type(e).__name__}: {e}); copy "
+                         "it again or rebuild it with `python -m litlab.pretrain`.") from None
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise
+        raise ValueError(f"{path} holds pickled (object) arrays, which litlab never loads: a checkpoint "
+                         "must hold plain numeric arrays only. Re-save it with vit.save.") from None
     for part in (subtree.split("/") if subtree else ()):
         if not isinstance(tree, dict) or part not in tree:
             raise ValueError(f"{path} has no subtree {subtree!r}; top level holds "
