@@ -134,22 +134,9 @@ def _check_images(images, image_tokens):
 
 
 def _question(cfg, question_tokens, batch):
-    """Validates question_tokens; returns int32 [B, question_len] (padded with 0) or None."""
-    if question_tokens is None:
-        if cfg.question_len:
-            raise ValueError(f"the decoder has question_len={cfg.question_len}: pass "
-                             "question_tokens= [B, Q] (right-padded with 0)")
-        return None
-    if not cfg.question_len:
-        raise ValueError("question_tokens= was passed but the decoder has question_len=0 "
-                         "(no question memory)")
-    q = jnp.asarray(question_tokens)
-    if q.ndim != 2 or q.shape[0] != batch or q.shape[1] > cfg.question_len:
-        raise ValueError(f"question_tokens must be [B={batch}, Q] with Q <= question_len="
-                         f"{cfg.question_len}, got shape {q.shape}")
-    if not jnp.issubdtype(q.dtype, jnp.integer):
-        raise ValueError(f"question_tokens must hold integer token ids, got {q.dtype}")
-    return jnp.pad(q.astype(jnp.int32), ((0, 0), (0, cfg.question_len - q.shape[1])))
+    """Checked question_tokens padded to [B, question_len], so every Q shares one compilation."""
+    q = decoder.check_question_tokens(question_tokens, cfg.question_len, batch)
+    return None if q is None else jnp.pad(q, ((0, 0), (0, cfg.question_len - q.shape[1])))
 
 
 def _prompts(tokens, prefix_len, extra, max_len, pad_id, extra_name):

@@ -92,41 +92,46 @@ def prompt_explorer(model, params, tok, splits: dict[str, tasks.TaskSplit],
     return widgets.VBox([widgets.HBox([pick, index]), widgets.HBox(controls), widgets.HBox([image, out])])
 
 
-def predictions_browser(rows: list[dict], images: dict[str, object] | None = None) -> widgets.Widget:
-    """Step through decoded outputs (rows of predictions.jsonl), optionally only the wrong ones."""
-    if not rows:
-        raise ValueError("predictions_browser needs at least one prediction row.")
-    task_names = sorted({r["task"] for r in rows})
+def _browser(task_names, filter_label: str, select, render, images, unit: str) -> widgets.Widget:
+    """A task dropdown, a filter checkbox and a slider over `select(task, filtered)`'s items;
+    `render(item)` gives (image id, HTML)."""
     pick = widgets.Dropdown(options=task_names, description="task")
-    only_wrong = widgets.Checkbox(False, description="only mismatches")
-    index = widgets.IntSlider(0, 0, 0, description="row")
+    only = widgets.Checkbox(False, description=filter_label)
+    index = widgets.IntSlider(0, 0, 0, description=unit)
     text = widgets.HTML()
     image = widgets.Image(format="png", width=VIEW_SIZE, height=VIEW_SIZE)
 
-    def selected():
-        sel = [r for r in rows if r["task"] == pick.value]
-        if only_wrong.value:
-            sel = [r for r in sel if not _matches(r["prediction"], r["references"])]
-        return sel
-
     def show(*_):
-        sel = selected()
+        sel = select(pick.value, only.value)
         index.max = max(len(sel) - 1, 0)
         if not sel:
             text.value = "<p>no rows</p>"
             return
-        r = sel[min(index.value, index.max)]
-        if images and r["image_id"] in images:
-            image.value = _png(images[r["image_id"]])
-        text.value = (f"<p><i>{r['image_id']}</i></p><p><b>prompt</b> {r['prompt']!r}</p>"
-                      f"<p><b>prediction</b> {r['prediction']!r}</p>"
-                      f"<p><b>references</b> {', '.join(repr(x) for x in r['references'][:10])}</p>"
-                      f"<p>{len(sel)} rows</p>")
+        image_id, html = render(sel[min(index.value, index.max)])
+        if images and image_id in images:
+            image.value = _png(images[image_id])
+        text.value = html + f"<p>{len(sel)} rows</p>"
 
-    for w in (pick, only_wrong, index):
+    for w in (pick, only, index):
         w.observe(show, "value")
     show()
-    return widgets.VBox([widgets.HBox([pick, only_wrong, index]), widgets.HBox([image, text])])
+    return widgets.VBox([widgets.HBox([pick, only, index]), widgets.HBox([image, text])])
+
+
+def predictions_browser(rows: list[dict], images: dict[str, object] | None = None) -> widgets.Widget:
+    """Step through decoded outputs (rows of predictions.jsonl), optionally only the wrong ones."""
+    if not rows:
+        raise ValueError("predictions_browser needs at least one prediction row.")
+
+    def select(task, only_wrong):
+        return [r for r in rows if r["task"] == task and not (only_wrong and _matches(r["prediction"], r["references"]))]
+
+    def render(r):
+        return r["image_id"], (f"<p><i>{r['image_id']}</i></p><p><b>prompt</b> {r['prompt']!r}</p>"
+                               f"<p><b>prediction</b> {r['prediction']!r}</p>"
+                               f"<p><b>references</b> {', '.join(repr(x) for x in r['references'][:10])}</p>")
+
+    return _browser(sorted({r["task"] for r in rows}), "only mismatches", select, render, images, "row")
 
 
 def arm_comparison(predictions: dict[str, list[dict]], images: dict[str, object] | None = None) -> widgets.Widget:
@@ -141,37 +146,19 @@ def arm_comparison(predictions: dict[str, list[dict]], images: dict[str, object]
                 [(r["task"], r["image_id"], r.get("family")) for r in first]:
             raise ValueError(f"arm {arm!r} was evaluated on other examples than {arms[0]!r}; arms of one study "
                              "must share their evaluation data (same data.seed and eval.limit).")
-    pick = widgets.Dropdown(options=sorted({r["task"] for r in first}), description="task")
-    disagree = widgets.Checkbox(False, description="only disagreements")
-    index = widgets.IntSlider(0, 0, 0, description="example")
-    image = widgets.Image(format="png", width=VIEW_SIZE, height=VIEW_SIZE)
-    text = widgets.HTML()
 
-    def selected():
-        rows = [i for i, r in enumerate(first) if r["task"] == pick.value]
-        if disagree.value:
-            rows = [i for i in rows if len({predictions[a][i]["prediction"] for a in arms}) > 1]
-        return rows
+    def select(task, disagree):
+        return [i for i, r in enumerate(first) if r["task"] == task
+                and not (disagree and len({predictions[a][i]["prediction"] for a in arms}) == 1)]
 
-    def show(*_):
-        rows = selected()
-        index.max = max(len(rows) - 1, 0)
-        if not rows:
-            text.value = "<p>no rows</p>"
-            return
-        i = rows[min(index.value, index.max)]
+    def render(i):
         r = first[i]
-        if images and r["image_id"] in images:
-            image.value = _png(images[r["image_id"]])
         cells = "".join(
             f"<tr><td><b>{a}</b></td><td>{predictions[a][i]['prompt']!r}</td>"
             f"<td style='color:{'#070' if _matches(predictions[a][i]['prediction'], r['references']) else '#b00'}'>"
             f"{predictions[a][i]['prediction']!r}</td></tr>" for a in arms)
-        text.value = (f"<p><i>{r['image_id']}</i> · family <b>{r.get('family', '')}</b> · {len(rows)} rows</p>"
-                      f"<table><tr><th>arm</th><th>prompt</th><th>prediction</th></tr>{cells}</table>"
-                      f"<p><b>references</b> {', '.join(repr(x) for x in r['references'][:10])}</p>")
+        return r["image_id"], (f"<p><i>{r['image_id']}</i> · family <b>{r.get('family', '')}</b></p>"
+                               f"<table><tr><th>arm</th><th>prompt</th><th>prediction</th></tr>{cells}</table>"
+                               f"<p><b>references</b> {', '.join(repr(x) for x in r['references'][:10])}</p>")
 
-    for w in (pick, disagree, index):
-        w.observe(show, "value")
-    show()
-    return widgets.VBox([widgets.HBox([pick, disagree, index]), widgets.HBox([image, text])])
+    return _browser(sorted({r["task"] for r in first}), "only disagreements", select, render, images, "example")

@@ -92,6 +92,8 @@ CASES = [
     # Values (items 2 and 4, and the weak messages).
     ("resolution not a patch multiple", validate(**{"data.resolution": 60}), ValueError,
      r"'data.resolution' \(60\) is not a multiple of the encoder's patch size \(16, 16\)"),
+    ("batch not divisible by devices", validate(batch_size=6, **{"mesh.data": 4}), ValueError,
+     r"'batch_size' \(6\) must be divisible by the 4 devices of the mesh"),
     ("sharding strategy", validate(sharding_strategy="foo"), ValueError, r"unknown sharding_strategy 'foo'"),
     ("eval.decode typo", validate(**{"eval.decode": "gredy"}), ValueError, r"unknown decoding method 'gredy'"),
     ("beam size zero", validate(**{"eval.decode": "beam:0"}), ValueError, r"beam size must be >= 1"),

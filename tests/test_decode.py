@@ -383,16 +383,16 @@ def test_question_memory_greedy_beam_scoring_and_classification():
 
 def test_question_errors_are_reported_before_compiling():
     s, plain = _q_setup("cross"), _setup("prefix")
-    with pytest.raises(ValueError, match=f"question_len={Q_LEN}: pass question_tokens="):
+    with pytest.raises(ValueError, match=f"question_len={Q_LEN}: pass question_tokens"):
         decode.generate(s.model, s.params, s.tokens, PREFIX_LEN, image_tokens=s.image_tokens,
                         max_new_tokens=T)
     with pytest.raises(ValueError, match=rf"Q <= question_len={Q_LEN}, got shape \(3, 9\)"):
         decode.generate(s.model, s.params, s.tokens, PREFIX_LEN, image_tokens=s.image_tokens,
                         question_tokens=np.ones((B, Q_LEN + 1), np.int32), max_new_tokens=T)
-    with pytest.raises(ValueError, match=f"question_len={Q_LEN}: pass question_tokens="):
+    with pytest.raises(ValueError, match=f"question_len={Q_LEN}: pass question_tokens"):
         decode.classify_by_scoring(s.model, s.params, s.tokens, PREFIX_LEN, np.array([[7, 1]]),
                                    image_tokens=s.image_tokens)
-    with pytest.raises(ValueError, match="question_tokens= was passed but the decoder has "
+    with pytest.raises(ValueError, match="question_tokens were passed but this decoder has "
                                          "question_len=0"):
         decode.generate(plain.model, plain.params, plain.tokens, PREFIX_LEN,
                         image_tokens=plain.image_tokens, question_tokens=s.questions,

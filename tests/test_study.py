@@ -202,3 +202,20 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     assert "no study 'nope'" in capsys.readouterr().err
     assert study.main(["show", "conditioning", "--results", "/nonexistent"]) == 2
     assert "run the study first" in capsys.readouterr().err
+
+
+def test_arm_comparison_shows_every_arm_on_the_same_example(smoke_study):
+    from litlab import widgets
+    s, _, results, _ = smoke_study
+    preds = study.predictions(s, "smoke", results=results)
+    assert set(preds) == set(s.arms)
+    imgs = study.images(s, "smoke")
+    assert {r["image_id"] for r in preds["cross"]} <= set(imgs)
+    w = widgets.arm_comparison(preds, imgs)
+    html = w.children[1].children[1].value
+    assert all(f"<b>{arm}</b>" in html for arm in s.arms) and "references" in html
+    w.children[0].children[1].value = True  # only disagreements: still renders
+    assert "rows" in w.children[1].children[1].value
+    broken = dict(preds, prefix=preds["prefix"][1:])
+    with pytest.raises(ValueError, match="arm 'prefix' was evaluated on other examples than 'cross'"):
+        widgets.arm_comparison(broken)

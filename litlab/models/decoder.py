@@ -228,6 +228,26 @@ class Block(nn.Module):
         return self._rest(x, layer["mk"], layer["mv"], mem_mask, True), layer
 
 
+def check_question_tokens(question_tokens, question_len: int, batch: int):
+    """question_tokens as int32 [B, Q] (Q <= question_len), or None without question memory;
+    the one check behind the model and the decoding entry points (which call it before compiling)."""
+    if not question_len:
+        if question_tokens is not None:
+            raise ValueError("question_tokens were passed but this decoder has question_len=0 "
+                             "(no question memory); build it with question_len > 0")
+        return None
+    if question_tokens is None:
+        raise ValueError(f"this decoder has question_len={question_len}: pass "
+                         "question_tokens int32 [B, Q] (right-padded with 0)")
+    q = jnp.asarray(question_tokens)
+    if q.ndim != 2 or q.shape[0] != batch or q.shape[1] > question_len:
+        raise ValueError(f"question_tokens must be [B={batch}, Q] with Q <= question_len="
+                         f"{question_len}, got shape {q.shape}")
+    if not jnp.issubdtype(q.dtype, jnp.integer):
+        raise ValueError(f"question_tokens must hold integer token ids, got {q.dtype}")
+    return q.astype(jnp.int32)
+
+
 class Model(nn.Module):
     """Text decoder conditioned on image tokens; see the module docstring."""
 
@@ -271,22 +291,7 @@ class Model(nn.Module):
         self.drop = nn.Dropout(self.dropout)
 
     def _question(self, question_tokens, batch):
-        """Validates question_tokens against question_len; returns them as int32 [B, Q] or None."""
-        if not self.question_len:
-            if question_tokens is not None:
-                raise ValueError("question_tokens were passed but this decoder has question_len=0 "
-                                 "(no question memory); build it with question_len > 0")
-            return None
-        if question_tokens is None:
-            raise ValueError(f"this decoder has question_len={self.question_len}: pass "
-                             "question_tokens int32 [B, Q] (right-padded with 0)")
-        q = jnp.asarray(question_tokens)
-        if q.ndim != 2 or q.shape[0] != batch or q.shape[1] > self.question_len:
-            raise ValueError(f"question_tokens must be [B={batch}, Q] with Q <= question_len="
-                             f"{self.question_len}, got shape {q.shape}")
-        if not jnp.issubdtype(q.dtype, jnp.integer):
-            raise ValueError(f"question_tokens must hold integer token ids, got {q.dtype}")
-        return q.astype(jnp.int32)
+        return check_question_tokens(question_tokens, self.question_len, batch)
 
     def _memory(self, image_tokens, question_tokens, deterministic):
         """Memory [B, M, W] and its key mask [B, M] bool (None when there is no question)."""
