@@ -1,8 +1,9 @@
 """The three sizes every study runs at. Study files take these and may adjust them.
 
 smoke: seconds; what `make test` runs, to show the study's code path works, not to answer it.
-fast:  the default; the whole study in at most about 15 minutes on 2 CPU cores, all seeds,
-       with enough steps that arms which really differ separate beyond the seed noise.
+fast:  the default, all seeds. Its aim: a notebook in at most about 15 minutes on 2 CPU cores,
+       with enough steps that arms which really differ separate beyond the seed noise. Not met
+       yet (see the README's Studies section for what was measured).
 full:  longer runs of the quickstart's own size, for a GPU or a long evening.
 """
 
