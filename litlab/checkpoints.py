@@ -28,6 +28,14 @@ class WorkdirNotWritable(ValueError):
     pass
 
 
+def write_atomic(path: str | Path, text: str) -> None:
+    """Writes a file whole or not at all: a kill mid-write leaves the previous file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def check_writable(directory: str | Path, what: str) -> None:
     """Fails before any work if `directory` cannot be created or written (a probe file, so it
     also holds for root, whom permission bits do not stop, and for read-only mounts)."""

@@ -142,9 +142,7 @@ def write(workdir: Path, name: str, results: dict, rows: list[dict]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for fname, text in (("predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
                         ("metrics.json", json.dumps(results, indent=2))):
-        tmp = out / (fname + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / fname)
+        checkpoints.write_atomic(out / fname, text)
     return out
 
 

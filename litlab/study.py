@@ -128,15 +128,14 @@ def run_one(config, run_dir: Path, splits: tuple[str, ...]) -> dict:
     path = _result_path(run_dir)
     if path.is_file():
         return json.loads(path.read_text())
-    from litlab import evaluate, train
+    from litlab import checkpoints, evaluate, train
     t0 = time.perf_counter()
     run = train.train(config, run_dir, evaluators=[evaluate.Evaluator(s, progress=False) for s in splits],
                       progress=False)
     result = {"digest": Path(run_dir).name, "steps": run.step, "wall_s": round(time.perf_counter() - t0, 1),
               "steps_per_s": run.steps_per_s, "trainable_params": run.trainable_params, "metrics": run.metrics}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)  # written last and atomically: its presence means the run is complete
+    # Written last and atomically: its presence means the run is complete.
+    checkpoints.write_atomic(path, json.dumps(result, indent=2))
     return result
 
 

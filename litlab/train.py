@@ -141,15 +141,8 @@ def build_feature_cache(config, model, params, data) -> np.ndarray | None:
     return runs.image_tokens(config, model, params, data.images, data.image_keys)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Whole or not at all: a kill mid-write leaves the previous file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2))
+    checkpoints.write_atomic(path, json.dumps(obj, indent=2))
 
 
 def validate(config) -> None:
@@ -308,7 +301,7 @@ def _read_history(workdir: Path, upto: int) -> list[dict]:
                              "delete that line (the checkpoints are not affected).") from None
     rows = [r for r in rows if r["step"] <= upto]
     if jax.process_index() == 0:
-        _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        checkpoints.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

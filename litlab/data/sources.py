@@ -108,7 +108,7 @@ class JsonlSource:
                 for key in JSONL_REQUIRED_KEYS:
                     if not isinstance(row[key], str):
                         raise ValueError(f"{loc}: {key!r} must be a string, got {json.dumps(row[key])}; "
-                                         "write \"\" for an empty prefix.")
+                                         "write \"\" for an empty text.")
                 for key in ("answers", "references"):
                     refs = row.get(key)
                     if refs is not None and not (isinstance(refs, str) or (

@@ -295,7 +295,7 @@ def load_params(path) -> dict:
     if magic != b"PK\x03\x04":
         kind = "a single .npy array" if magic.startswith(b"\x93NUM") else "empty" if not magic else "not a zip archive"
         raise ValueError(f"{path} is not a big_vision .npz checkpoint ({kind}); expected an .npz of named "
-                         "parameter arrays such as vit.save or big_vision write. Point to such a file, or "
+                         "parameter arrays such as vit.save_params or big_vision write. Point to such a file, or "
                          "rebuild the shipped encoder with `python -m litlab.pretrain`.")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -307,7 +307,7 @@ def load_params(path) -> dict:
         if "allow_pickle" not in str(e):
             raise
         raise ValueError(f"{path} holds pickled (object) arrays, which litlab never loads: a checkpoint "
-                         "must hold plain numeric arrays only. Re-save it with vit.save.") from None
+                         "must hold plain numeric arrays only. Re-save it with vit.save_params.") from None
     for part in (subtree.split("/") if subtree else ()):
         if not isinstance(tree, dict) or part not in tree:
             raise ValueError(f"{path} has no subtree {subtree!r}; top level holds "
