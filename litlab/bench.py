@@ -23,7 +23,7 @@ def bench_pipeline(*, batch_size: int = 256, steps: int = 60, limit: int = 2000,
                           max_len=max_len, limit=limit)
     out = {}
     for with_images in (True, False):
-        it = pipeline.train_dataset(data, batch_size, seed=0, with_images=with_images).as_numpy_iterator()
+        it = pipeline.train_batches(data, batch_size, seed=0, with_images=with_images)
         for _ in range(5):
             next(it)
         t0 = time.perf_counter()

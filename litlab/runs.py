@@ -7,6 +7,7 @@ the trainer, and lets the trainer take evaluators from its caller, as big_vision
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -144,16 +145,33 @@ def image_tokens(config, model, params, images: np.ndarray, image_keys: list[str
                           cache_dir=tasks.cache_dir() / "features", batch_size=config.eval.batch_size, desc=desc)
 
 
+# The last few splits built, shared read-only: a study's consecutive runs (the seeds of an arm)
+# ask for the same train, test and compositional data, which takes seconds per split to build.
+_DATA_MEMO: collections.OrderedDict = collections.OrderedDict()
+_DATA_MEMO_SIZE = 3
+
+
 def load_data(config, tok: Tokenizer, split: str = "train", *, task_names=None, limit=None) -> pipeline.MixtureData:
     """A split of the config's mixture (or of `task_names`). Its content is set by `data.seed`
-    alone, so runs that differ in `seed` see the same images and questions."""
+    alone, so runs that differ in `seed` see the same images and questions. Its arrays are
+    read-only: the same object is handed to every run in this process that asks for it."""
     mixture = mixtures.get_mixture(config.mixture)
     if task_names is not None:
         mixture = mixtures.Mixture(f"eval_{split}", tuple(task_names), "uniform", "mixed")
-    return pipeline.build(mixture, split, tok, max_len=config.data.max_len, prompting=prompting(config),
-                          seed=config.data.seed, resolution=config.data.resolution,
-                          limit=config.data.limit if limit is None else limit,
-                          question_len=config.data.question_len)
+    kwargs = dict(max_len=config.data.max_len, prompting=prompting(config), seed=config.data.seed,
+                  resolution=config.data.resolution, limit=config.data.limit if limit is None else limit,
+                  question_len=config.data.question_len)
+    key = (repr(mixture), split, str(Path(tok.path).resolve()), repr(sorted(kwargs.items())))
+    if key in _DATA_MEMO:
+        _DATA_MEMO.move_to_end(key)
+        return _DATA_MEMO[key]
+    data = pipeline.build(mixture, split, tok, **kwargs)
+    for arr in [data.images] + [a for t in data.tasks for a in vars(t).values() if isinstance(a, np.ndarray)]:
+        arr.flags.writeable = False
+    _DATA_MEMO[key] = data
+    while len(_DATA_MEMO) > _DATA_MEMO_SIZE:
+        _DATA_MEMO.popitem(last=False)
+    return data
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:

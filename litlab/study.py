@@ -42,10 +42,12 @@ DEFAULT_RESULTS = "workdirs/studies"
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """How big a study's runs are: a base config, overrides on it, and the seeds to run."""
+    """How big a study's runs are: a base config, overrides on it, the seeds to run, and which
+    arms run at this size (None: all; a study trims the arms it cannot afford at `fast`)."""
     base: str
     overrides: dict
     seeds: tuple[int, ...] = (0, 1, 2)
+    arms: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,11 @@ class Study:
         missing = [s for s in SETTINGS if s not in self.settings]
         if missing:
             raise ValueError(f"study {self.name!r} lacks the setting(s) {missing}.")
+        for name, s in self.settings.items():
+            unknown = sorted(set(s.arms or ()) - set(self.arms))
+            if unknown or (s.arms is not None and self.reference not in s.arms):
+                raise ValueError(f"study {self.name!r}, setting {name!r}: its arms {list(s.arms)} must be arms of "
+                                 f"the study ({list(self.arms)}) and include the reference {self.reference!r}.")
 
     def configs(self, setting: str) -> list[tuple[str, int, object]]:
         """(arm, seed, resolved config) for every run of the study at `setting`."""
@@ -74,6 +81,8 @@ class Study:
         base = config_lib.override(config_lib.load(s.base), s.overrides)
         out = []
         for arm, overrides in self.arms.items():
+            if s.arms is not None and arm not in s.arms:
+                continue
             owned = sorted(set(overrides) & {"seed", "feature_cache"})
             if owned:
                 raise ValueError(f"study {self.name!r}, arm {arm!r}: {owned} are set by the runner (seeds come "

@@ -318,9 +318,9 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
 
     total = config.total_steps
     proc, nproc = jax.process_index(), jax.process_count()
-    ds = pipeline.train_dataset(data, config.batch_size, seed=config.seed, start_step=start,
-                                num_steps=max(total - start, 0), process_index=proc, process_count=nproc,
-                                with_images=image_tokens is None)
+    batches = pipeline.train_batches(data, config.batch_size, seed=config.seed, start_step=start,
+                                     num_steps=max(total - start, 0), process_index=proc, process_count=nproc,
+                                     with_images=image_tokens is None)
     bsh = sharding.batch_sharding(mesh)
     seed_key = jax.device_put(jax.random.PRNGKey(config.seed), sharding.replicated(mesh))
     writer = tf.summary.create_file_writer(str(workdir / "tb")) if proc == 0 else None
@@ -359,7 +359,7 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
                         tf.summary.write(k, tf.constant(v, tf.float32), metadata=_TB_SCALAR)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
 
-    for batch in ds.as_numpy_iterator():
+    for batch in batches:
         step = int(start) + 1
         row = batch.pop("image_row")
         if image_tokens is not None:

@@ -21,8 +21,7 @@ def test_shared_image_table_dedups_scenes(data):
 
 
 def test_dataset_shapes_masks_and_ranges(data, tok):
-    ds = pipeline.train_dataset(data, 16, seed=0, num_steps=3)
-    batches = list(ds.as_numpy_iterator())
+    batches = list(pipeline.train_batches(data, 16, seed=0, num_steps=3))
     assert len(batches) == 3
     b = batches[0]
     assert b["image"].shape == (16, 64, 64, 3) and b["image"].dtype == np.float32
@@ -38,8 +37,8 @@ def test_dataset_shapes_masks_and_ranges(data, tok):
 
 
 def test_resume_gives_identical_batches(data):
-    full = list(pipeline.train_dataset(data, 8, seed=3, num_steps=6, with_images=False).as_numpy_iterator())
-    tail = list(pipeline.train_dataset(data, 8, seed=3, start_step=4, num_steps=2, with_images=False).as_numpy_iterator())
+    full = list(pipeline.train_batches(data, 8, seed=3, num_steps=6, with_images=False))
+    tail = list(pipeline.train_batches(data, 8, seed=3, start_step=4, num_steps=2, with_images=False))
     for a, b in zip(full[4:], tail):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -47,13 +46,12 @@ def test_resume_gives_identical_batches(data):
 
 
 def test_process_shards_tile_the_global_batch(data):
-    whole = next(pipeline.train_dataset(data, 8, seed=1, num_steps=1).as_numpy_iterator())
-    parts = [next(pipeline.train_dataset(data, 8, seed=1, num_steps=1, process_index=p, process_count=2)
-                  .as_numpy_iterator()) for p in range(2)]
+    whole = next(pipeline.train_batches(data, 8, seed=1, num_steps=1))
+    parts = [next(pipeline.train_batches(data, 8, seed=1, num_steps=1, process_index=p, process_count=2)) for p in range(2)]
     for k in whole:
         np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
     with pytest.raises(ValueError, match="divisible by the process count"):
-        pipeline.train_dataset(data, 9, seed=1, process_count=2)
+        pipeline.train_batches(data, 9, seed=1, process_count=2)
 
 
 def test_realized_proportions_and_describe(data):
@@ -66,7 +64,7 @@ def test_realized_proportions_and_describe(data):
 def test_homogeneous_strategy(tok):
     m = Mixture("h", ("objects_cls", "words_ocr"), "uniform", "homogeneous")
     d = pipeline.build(m, "train", tok, max_len=MAX_LEN, limit=20)
-    for b in pipeline.train_dataset(d, 8, seed=0, num_steps=6, with_images=False).as_numpy_iterator():
+    for b in pipeline.train_batches(d, 8, seed=0, num_steps=6, with_images=False):
         assert len(set(b["task_id"].tolist())) == 1
 
 
@@ -110,6 +108,9 @@ def test_eval_batches_pad_the_last_batch(data):
     batches = list(pipeline.eval_batches(t, 16))
     assert sum(b["valid"].sum() for b in batches) == len(t)
     assert all(b["tokens"].shape == (16, MAX_LEN) for b in batches)
+    # A task smaller than the batch is one batch of its size rounded up to 8, not 256 rows.
+    (small,) = list(pipeline.eval_batches(t, 256))
+    assert len(small["valid"]) == -(-len(t) // 8) * 8 < 256 and small["valid"].sum() == len(t)
 
 
 def test_question_places_prompt_memory_none(tok):

@@ -186,7 +186,11 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
         for setting in study.SETTINGS:
             configs = s.configs(setting)
             assert len({config_lib.digest(c) for _, _, c in configs}) == len(configs), (name, setting)
-            assert len({a for a, _, _ in configs}) == len(s.arms)
+            ran = s.settings[setting].arms or tuple(s.arms)
+            assert [a for a, seed, _ in configs if seed == s.settings[setting].seeds[0]] == list(ran)
+    depth = study.load("conditioning_depth:conditioning=prefix")
+    assert {a for a, _, _ in depth.configs("fast")} == {"depth1", "depth2", "depth4"}  # depth 6 only at full
+    assert {a for a, _, _ in depth.configs("full")} == {"depth1", "depth2", "depth4", "depth6"}
     fast = study.load("conditioning").configs("fast")
     assert len({(c.data.seed, c.eval.limit, c.data.limit) for _, _, c in fast}) == 1, "every arm sees the same data"
     bad = tiny(arms={"a": {"decoder.condtioning": "prefix"}})
@@ -198,6 +202,10 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
         tiny(arms={"a": {}, "b": {"decoder.conditioning": "cross"}}).configs("smoke")
     with pytest.raises(ValueError, match="reference arm 'z'"):
         study.Study("x", "q", {"a": {}}, "z", tiny().settings)
+    trimmed = {**tiny().settings, "fast": study.Setting("quickstart", {}, arms=("b",))}
+    with pytest.raises(ValueError, match=r"setting 'fast': its arms \['b'\] must be arms of the study \(\['a'\]\) "
+                                         r"and include the reference 'a'"):
+        study.Study("x", "q", {"a": {}}, "a", trimmed)
     assert study.main(["run", "nope", "--setting", "smoke"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
     assert study.main(["show", "conditioning", "--results", "/nonexistent"]) == 2
