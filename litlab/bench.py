@@ -4,8 +4,10 @@ tests, because shared machines are noisy; comparisons are made side by side in o
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -100,15 +102,138 @@ def bench_train(*, steps: int = 20, limit: int = 256) -> dict:
     return out
 
 
-SUITES = {"pipeline": bench_pipeline, "decode": bench_decode, "train": bench_train}
+def step_flops(*, batch: int, text_len: int, image_tokens: int, image_width: int, width: int, depth: int,
+               mlp_dim: int, vocab: int, conditioning: str) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one decoder train step on cached image tokens.
+
+    Per example and layer, with T text positions, M memory tokens (N image tokens; 1 for
+    'pooled', which pools before projecting), W width, F MLP width:
+      cross/pooled: self-attention Q,K,V,O 8TW^2 + scores and mixing 4T^2W; cross-attention
+                    Q,O 4TW^2 + K,V 4MW^2 + scores and mixing 4TMW; MLP 4TWF.
+      prefix:       every layer runs the S = N+T joint sequence: 8SW^2 + 4S^2W + 4SWF.
+    Plus the image projection 2MDW and the tied output head 2TWV. The backward pass costs twice
+    the forward (input and weight gradients) except for the image projection, whose input is the
+    frozen features: it needs only its weight gradient. So a step is 3 x forward - projection.
+    Attention is counted over all T x T positions, as XLA computes it (no causal skipping).
+    """
+    T, N, D, W, F, V = text_len, image_tokens, image_width, width, mlp_dim, vocab
+    M = 1 if conditioning == "pooled" else N
+    proj = 2 * M * D * W
+    if conditioning == "prefix":
+        S = N + T
+        layer = 8 * S * W * W + 4 * S * S * W + 4 * S * W * F
+    elif conditioning in ("cross", "pooled"):
+        layer = 8 * T * W * W + 4 * T * T * W + 4 * T * W * W + 4 * M * W * W + 4 * T * M * W + 4 * T * W * F
+    else:
+        raise ValueError(f"unknown conditioning {conditioning!r}")
+    forward = proj + depth * layer + 2 * T * W * V
+    return batch * (3 * forward - proj)
+
+
+def _median_spread(times: list[float]) -> dict:
+    t = np.asarray(times)
+    return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
+            "repeats": len(t)}
+
+
+def matmul_peaks(*, n: int = 2048, repeats: int = 7) -> dict:
+    """GFLOP/s of a jitted n^3 matmul in float32 and with bfloat16 inputs and float32
+    accumulation: the ceilings the train step's rate is divided by, measured in this run."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, n), jax.numpy.float32)
+    out = {}
+    for name, dtype in (("f32", jax.numpy.float32), ("bf16", jax.numpy.bfloat16)):
+        a = x.astype(dtype)
+        f = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jax.numpy.float32))
+        jax.block_until_ready(f(a, a))
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(f(a, a))
+            times.append(time.perf_counter() - t)
+        stat = _median_spread(times)
+        out[f"{name}_gflops"] = round(2 * n ** 3 / stat["median"] / 1e9, 1)
+        out[f"{name}_gflops_p10_p90"] = [round(2 * n ** 3 / stat[k] / 1e9, 1) for k in ("p90", "p10")]
+    return out
+
+
+def bench_mfu(*, quick: bool = False) -> dict:
+    """The quickstart decoder's train step (width 256, depth 2, batch 128, cached image tokens) in
+    float32 and bfloat16, timed alternately in this run, as FLOP rate and as a fraction of the
+    same-run matmul peak of its precision. The analytic FLOP count (`step_flops`) is reported
+    next to XLA's own `cost_analysis`, which also counts elementwise work."""
+    from litlab import config, runs, train
+    from litlab.configs import quickstart
+
+    batch, repeats = (32, 3) if quick else (128, 9)
+    peaks = matmul_peaks(n=1024 if quick else 2048, repeats=repeats)
+    base = config.override(quickstart.get_config(), {"batch_size": batch})
+    tok_vocab = Tokenizer().vocab_size
+    steps, out = {}, {"peaks": peaks, "batch": batch}
+    for prec in ("float32", "bfloat16"):
+        c = config.override(base, {"matmul_precision": prec})
+        model = runs.build_model(c, tok_vocab)
+        params = runs.init_params(model, c)
+        schedule = train.make_schedule(c)
+        tx, frozen = train.make_optimizer(c, params, schedule)
+        state = train.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
+        n, d = model.token_shape()
+        L = c.data.max_len
+        rng = np.random.default_rng(0)
+        batch_arrays = {"tokens": rng.integers(3, tok_vocab, (batch, L)).astype(np.int32),
+                        "loss_mask": np.ones((batch, L), np.float32),
+                        "prefix_len": rng.integers(4, 16, batch).astype(np.int32),
+                        "task_id": rng.integers(0, 5, batch).astype(np.int32),
+                        "image_tokens": rng.normal(size=(batch, n, d)).astype(np.float32)}
+        fn = jax.jit(train.make_train_step(model, tx, frozen, schedule, num_tasks=5, label_smoothing=0.0),
+                     donate_argnums=0)
+        key = jax.random.PRNGKey(0)
+        cost = fn.lower(state, batch_arrays, key).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        state, m = fn(state, batch_arrays, key)  # compile
+        jax.block_until_ready(m)
+        flops = step_flops(batch=batch, text_len=L - 1, image_tokens=n, image_width=d, width=c.decoder.width,
+                           depth=c.decoder.depth, mlp_dim=c.decoder.mlp_dim, vocab=tok_vocab,
+                           conditioning=c.decoder.conditioning)
+        steps[prec] = {"fn": fn, "state": state, "batch": batch_arrays, "key": key, "times": [],
+                       "flops": flops, "xla_flops": float(cost["flops"])}
+    for _ in range(repeats):  # alternate, so both precisions see the same machine
+        for s in steps.values():
+            t = time.perf_counter()
+            s["state"], m = s["fn"](s["state"], s["batch"], s["key"])
+            jax.block_until_ready(m)
+            s["times"].append(time.perf_counter() - t)
+    for prec, s in steps.items():
+        stat = _median_spread(s["times"])
+        peak = peaks["f32_gflops" if prec == "float32" else "bf16_gflops"]
+        rate = s["flops"] / stat["median"] / 1e9
+        out[prec] = {"step_ms": round(1e3 * stat["median"], 1),
+                     "step_ms_p10_p90": [round(1e3 * stat["p10"], 1), round(1e3 * stat["p90"], 1)],
+                     "analytic_gflop": round(s["flops"] / 1e9, 3), "xla_gflop": round(s["xla_flops"] / 1e9, 3),
+                     "analytic_over_xla": round(s["flops"] / s["xla_flops"], 3),
+                     "gflops": round(rate, 1), "fraction_of_peak": round(rate / peak, 3)}
+    out["bf16_over_f32_speed"] = round(out["float32"]["step_ms"] / out["bfloat16"]["step_ms"], 2)
+    return out
+
+
+SUITES = {"pipeline": bench_pipeline, "decode": bench_decode, "train": bench_train, "mfu": bench_mfu}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m litlab.bench", description=__doc__)
     ap.add_argument("suites", nargs="*", default=list(SUITES), help=f"any of {list(SUITES)}")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (suites that have them)")
+    ap.add_argument("--json", metavar="FILE", help="also write every suite's figures to FILE")
     args = ap.parse_args(argv)
+    unknown = [n for n in args.suites if n not in SUITES]
+    if unknown:
+        ap.error(f"unknown suite(s) {unknown}; choose from {list(SUITES)}")
+    results = {}
     for name in args.suites:
-        print(json.dumps({name: SUITES[name]()}))
+        kwargs = {"quick": True} if args.quick and "quick" in inspect.signature(SUITES[name]).parameters else {}
+        results[name] = SUITES[name](**kwargs)
+        print(json.dumps({name: results[name]}), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

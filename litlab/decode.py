@@ -139,11 +139,11 @@ def _question(cfg, question_tokens, batch):
     return None if q is None else jnp.pad(q, ((0, 0), (0, cfg.question_len - q.shape[1])))
 
 
-def _prompts(tokens, prefix_len, extra, max_len, pad_id, extra_name):
+def _prompts(tokens, prefix_len, extra, max_len, pad_id, extra_name, min_width=0):
     """Validates prompts; returns (block [B, P] jnp int32, lengths [B] jnp int32).
 
-    P is the longest prompt rounded up to a multiple of 8 (at most max_len), padded with pad_id.
-    `extra` new positions must fit after every prompt within max_len.
+    P is the longest prompt, or min_width if larger, rounded up to a multiple of 8 (at most
+    max_len), padded with pad_id. `extra` new positions must fit after every prompt within max_len.
     """
     shape = np.shape(tokens)
     if len(shape) != 2:
@@ -168,7 +168,7 @@ def _prompts(tokens, prefix_len, extra, max_len, pad_id, extra_name):
                          f"decoder's max_len={max_len}; lower {extra_name} to at most "
                          f"{max_len - longest} or build the decoder with "
                          f"max_len >= {longest + extra}")
-    width = min(-(-longest // _BUCKET) * _BUCKET, max_len)
+    width = min(-(-max(longest, min_width) // _BUCKET) * _BUCKET, max_len)
     block = jnp.asarray(tokens, jnp.int32)[:, :width]
     block = jnp.pad(block, ((0, 0), (0, width - block.shape[1])), constant_values=pad_id)
     return block, jnp.asarray(lengths, jnp.int32)
@@ -355,7 +355,8 @@ def _decode_fn(model: _ByConfig, name: str, beam_size: int, n_best: int, max_new
 
 def generate(model, params, tokens, prefix_len, *, images=None, image_tokens=None,
              question_tokens=None, method: str = "greedy", max_new_tokens: int = 32,
-             eos_id: int | None = 1, pad_id: int = 0, rng=None, use_cache: bool = True):
+             eos_id: int | None = 1, pad_id: int = 0, rng=None, use_cache: bool = True,
+             prompt_width: int = 0):
     """Generates up to max_new_tokens after each prompt tokens[b, :prefix_len[b]].
 
     `model` is a lit_decoder.Model, `params` its `params` collection, and exactly one of images
@@ -366,7 +367,9 @@ def generate(model, params, tokens, prefix_len, *, images=None, image_tokens=Non
       beam:             tokens [B, n, T] int32, scores [B, n] (best first, length-penalised),
     with T = max_new_tokens and `pad_id` after each EOS; eos_id=None never stops early (fixed
     work, e.g. for benchmarks). use_cache=False recomputes the whole forward at every step (the
-    slow reference).
+    slow reference). `prompt_width` pads the prompt block to at least that many positions, so
+    that calls whose prompts differ in length share one compiled program (padding never changes
+    the tokens).
     """
     m = parse_method(method)
     cfg = _decoder_cfg(model)
@@ -378,7 +381,7 @@ def generate(model, params, tokens, prefix_len, *, images=None, image_tokens=Non
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     _check_images(images, image_tokens)
     block, lengths = _prompts(tokens, prefix_len, max_new_tokens, cfg.max_len, pad_id,
-                              "max_new_tokens")
+                              "max_new_tokens", prompt_width)
     question_tokens = _question(cfg, question_tokens, block.shape[0])
     knobs = {"temperature": jnp.float32(m.temperature), "top_p": jnp.float32(m.top_p),
              "top_k": jnp.int32(min(m.top_k, cfg.vocab_size)), "alpha": jnp.float32(m.alpha),

@@ -90,20 +90,21 @@ def evaluate(run: runs.Run, *, split: str, method: str = "greedy", limit: int | 
     image_tokens = runs.image_tokens(config, model, params, data.images, data.image_keys, desc=f"encode {split}")
     results, rows = {}, []
     rng = jax.random.PRNGKey(config.seed)
+    shapes = decode_shapes(data.tasks, config.data.max_len, method)
     for enc in data.tasks:
         task = tasks.get_task(enc.name)
-        P = int(enc.prefix_len.max())
-        max_new = min(int(enc.loss_mask.sum(1).max()) + 2, config.data.max_len - P)
+        P, max_new, keep = shapes[enc.name]
         preds = []
         batches = pipeline.eval_batches(enc, batch_size)
         for b in tqdm(batches, desc=f"decode {enc.name}", total=-(-len(enc) // batch_size), disable=not progress):
-            toks = decode.generate(model, params, jnp.asarray(b["tokens"][:, :P]), jnp.asarray(b["prefix_len"]),
+            toks = decode.generate(model, params, jnp.asarray(b["tokens"]), jnp.asarray(b["prefix_len"]),
                                    image_tokens=jnp.asarray(image_tokens[b["image_row"]]), method=method,
                                    max_new_tokens=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                   rng=jax.random.fold_in(rng, len(preds)), **_question(b))
+                                   rng=jax.random.fold_in(rng, len(preds)), prompt_width=P, **_question(b))
             toks = np.asarray(toks[0] if isinstance(toks, tuple) else toks)
             if toks.ndim == 3:  # beam search: keep the best hypothesis
                 toks = toks[:, 0]
+            toks = toks[:, :keep]
             preds += [tok.decode(t) for t, v in zip(toks, b["valid"]) if v]
         refs = enc.references
         results[enc.name] = score_predictions(task.metrics, preds, refs, enc.families)
@@ -115,6 +116,23 @@ def evaluate(run: runs.Run, *, split: str, method: str = "greedy", limit: int | 
                          "prompt": enc.turns[i][0][0], "family": enc.families[i], "prediction": p,
                          "references": refs[i]})
     return results, rows
+
+
+def decode_shapes(encs, max_len: int, method: str) -> dict[str, tuple[int, int, int]]:
+    """{task: (prompt width, new tokens decoded, new tokens kept)}. Each task may generate its
+    longest answer + 2 tokens after its longest prompt. Greedy and sampled token i depends only on
+    the tokens before it, so the tasks of a split decode with one shared shape (the widest prompt,
+    the largest budget: one compiled program instead of one per task) and each keeps its own
+    budget of tokens, as long as that shape fits max_len. Beam search ranks hypotheses by length
+    against its budget, so it keeps per-task shapes."""
+    own = {}
+    for enc in encs:
+        P = int(enc.prefix_len.max())
+        own[enc.name] = (P, min(int(enc.loss_mask.sum(1).max()) + 2, max_len - P))
+    width, new = max(p for p, _ in own.values()), max(n for _, n in own.values())
+    if decode.parse_method(method).name != "beam" and width + new <= max_len:
+        return {name: (width, new, n) for name, (_, n) in own.items()}
+    return {name: (p, n, n) for name, (p, n) in own.items()}
 
 
 def _score_classes(model, params, tok, enc, image_tokens, candidates, batch_size) -> float:

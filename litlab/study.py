@@ -219,6 +219,13 @@ def primary(table: pd.DataFrame) -> pd.DataFrame:
     return table[(table.family == "all") & (table.metric == table.task.map(main))]
 
 
+def beyond_noise(diff: pd.DataFrame) -> pd.Series:
+    """Rows of `differences` whose 95% interval excludes zero. A zero-width interval (the same
+    difference on every seed, e.g. one test example of 100 on each) is not evidence of an effect:
+    the seeds then say nothing about its noise, so it never counts."""
+    return (diff.n > 1) & (diff.ci95 > 0) & ((diff["mean"] - diff.ci95 > 0) | (diff["mean"] + diff.ci95 < 0))
+
+
 def findings(study: Study, table: pd.DataFrame) -> list[str]:
     """Sentences computed from the table: where an arm beats or trails the reference beyond the
     95% interval of the paired difference, and where no arm separates from it."""
@@ -227,11 +234,14 @@ def findings(study: Study, table: pd.DataFrame) -> list[str]:
     out = []
     for split in [s for s in study.splits if s in set(diff.split)]:
         d = diff[diff.split == split]
-        level = d[(d.n > 1) & ((d["mean"] - d.ci95 > 0) | (d["mean"] + d.ci95 < 0))]
+        level = d[beyond_noise(d)]
         for _, r in level.sort_values("mean", ascending=False).iterrows():
             verb = "beats" if r["mean"] > 0 else "trails"
             out.append(f"{split}: {r.arm} {verb} {study.reference} on {r.task} ({r.metric}) by "
                        f"{abs(r['mean']):.3f} +/- {r.ci95:.3f}")
+        for _, r in d[(d.n > 1) & (d.ci95 == 0) & (d["mean"] != 0)].iterrows():
+            out.append(f"{split}: {r.arm} differs from {study.reference} on {r.task} ({r.metric}) by exactly "
+                       f"{r['mean']:+.3f} on every seed, a zero-width interval; not counted as a difference")
         quiet = sorted(set(d.task) - set(level.task))
         if quiet:
             out.append(f"{split}: no arm differs from {study.reference} beyond the 95% interval on "
@@ -289,10 +299,20 @@ def family_scores(table: pd.DataFrame, task: str, split: str = "test") -> pd.Dat
 
 
 def best_arm(table: pd.DataFrame, split: str = "test") -> str:
-    """The arm with the best mean rank over tasks (primary metrics, means over seeds): ranks, not
-    raw values, so a CIDEr-D near 2 does not outweigh accuracies near 0.5."""
-    means = summarize(primary(table[table.split == split])).pivot_table(index="arm", columns="task", values="mean")
-    return str(means.rank(ascending=False).mean(axis=1).idxmin())
+    """The arm with the most wins beyond noise: over every pair of arms and every task (primary
+    metrics, paired by seed), +1 where it beats the other arm beyond the 95% interval, -1 where
+    it trails. Ties, including "no arm separates", go to the best mean rank over tasks (ranks,
+    so a CIDEr-D near 2 does not outweigh accuracies near 0.5). Mean ranks alone would let
+    differences inside the noise outvote one that is real."""
+    main = primary(table[table.split == split])
+    arms = [str(a) for a in dict.fromkeys(main.arm)]
+    wins = dict.fromkeys(arms, 0)
+    for ref in arms:
+        d = differences(main, ref)
+        for _, r in d[beyond_noise(d)].iterrows():
+            wins[r.arm] += 1 if r["mean"] > 0 else -1
+    rank = summarize(main).pivot_table(index="arm", columns="task", values="mean").rank(ascending=False).mean(axis=1)
+    return max(arms, key=lambda a: (wins[a], -rank[a]))
 
 
 def show(study: Study, table: pd.DataFrame) -> str:

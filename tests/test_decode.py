@@ -135,6 +135,17 @@ def test_examples_do_not_depend_on_their_batch_neighbours(conditioning):
 
 
 @pytest.mark.parametrize("conditioning", ["prefix"])
+def test_a_wider_prompt_block_and_a_larger_budget_keep_the_tokens(conditioning):
+    """What lets the tasks of a split share one compiled decoder (evaluate.decode_shapes)."""
+    s = _setup(conditioning)
+    args = (s.model, s.params, s.tokens[:1], PREFIX_LEN[:1])
+    short, _ = decode.generate(*args, image_tokens=s.image_tokens[:1], max_new_tokens=4, eos_id=None)
+    long, _ = decode.generate(*args, image_tokens=s.image_tokens[:1], max_new_tokens=T, eos_id=None,
+                              prompt_width=16)  # example 0's prompt (3 tokens) alone gets width 8
+    np.testing.assert_array_equal(np.asarray(long)[:, :4], np.asarray(short))
+
+
+@pytest.mark.parametrize("conditioning", ["prefix"])
 def test_beam_of_one_is_greedy(conditioning):
     _, eos = _reference(conditioning)
     tokens, scores = _gen(conditioning, eos_id=eos)

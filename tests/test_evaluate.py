@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from litlab import demo, evaluate, prompting, report, runs, widgets
@@ -27,6 +28,21 @@ def test_score_predictions_uses_each_metric():
         evaluate.score_predictions(("exact_match",), ["a", "b"], [["a"]])
     with pytest.raises(ValueError, match=r"examples \[0\] have no references"):
         evaluate.score_predictions(("exact_match",), ["a"], [[]])
+
+
+def test_tasks_of_a_split_share_one_decode_shape_unless_beam_or_too_long():
+    from types import SimpleNamespace
+
+    from litlab import evaluate
+    enc = lambda name, prompts, answers: SimpleNamespace(
+        name=name, prefix_len=np.array(prompts), loss_mask=np.array([[1.0] * a + [0.0] * (9 - a) for a in answers]))
+    encs = [enc("cls", [5, 4], [3, 2]), enc("vqa", [12, 9], [2, 2]), enc("cap", [4, 4], [9, 7])]
+    shared = evaluate.decode_shapes(encs, 36, "greedy")
+    assert shared == {"cls": (12, 11, 5), "vqa": (12, 11, 4), "cap": (12, 11, 11)}
+    assert evaluate.decode_shapes(encs, 36, "sample:t=0.8") == shared
+    own = {"cls": (5, 5, 5), "vqa": (12, 4, 4), "cap": (4, 11, 11)}
+    assert evaluate.decode_shapes(encs, 36, "beam:2") == own  # beam ranks by length: its own budget
+    assert evaluate.decode_shapes(encs, 22, "greedy") == own  # 12 + 11 > 22: no shared shape
 
 
 def test_demo_writes_metrics_predictions_and_report(smoke_run):

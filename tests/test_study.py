@@ -159,8 +159,34 @@ def test_intervals_differences_and_findings_come_from_the_table():
     assert noisy == ["test: no arm differs from cross beyond the 95% interval on text_vqa (95% CI over 3 seeds)."]
     text = study.show(s, table)
     assert "0.583 +/- " in text and "prefix beats cross" in text
+    # The same difference on every seed has a zero-width interval: named, never counted.
+    same = study.findings(s, _synthetic([0.50, 0.52, 0.51], [0.51, 0.53, 0.52]))
+    assert same[0] == ("test: prefix differs from cross on text_vqa (vqa_accuracy) by exactly +0.010 on every "
+                       "seed, a zero-width interval; not counted as a difference (95% CI over 3 seeds).")
+    assert "no arm differs from cross" in same[1]
     spec = plots.study_chart(study.summarize(table)).to_dict()
     assert [layer["mark"]["type"] for layer in spec["spec"]["layer"]] == ["bar", "errorbar"]
+
+
+def test_the_best_arm_is_the_one_that_wins_beyond_noise():
+    """One difference beyond the noise outweighs mean ranks won inside it (the fast conditioning
+    study's case: pooled led on three tasks by noise, prefix won scenes_vqa by 0.10 +/- 0.04)."""
+    values = {"cross": {"scenes_vqa": [0.50, 0.52, 0.51], "objects_cls": [0.30, 0.40, 0.35], "text_vqa": [0.60, 0.50, 0.55]},
+              "prefix": {"scenes_vqa": [0.60, 0.63, 0.61], "objects_cls": [0.28, 0.41, 0.30], "text_vqa": [0.52, 0.58, 0.50]},
+              "pooled": {"scenes_vqa": [0.49, 0.55, 0.50], "objects_cls": [0.36, 0.39, 0.38], "text_vqa": [0.62, 0.49, 0.60]}}
+    metric = {"scenes_vqa": "vqa_accuracy", "objects_cls": "exact_match", "text_vqa": "vqa_accuracy"}
+    table = pd.DataFrame([{"arm": arm, "seed": seed, "split": "test", "task": task, "metric": metric[task],
+                           "family": "all", "value": v}
+                          for arm, by_task in values.items() for task, vals in by_task.items()
+                          for seed, v in enumerate(vals)])
+    ranks = study.summarize(table).pivot_table(index="arm", columns="task", values="mean").rank(ascending=False)
+    assert ranks.mean(axis=1).idxmin() == "pooled"  # mean ranks alone would pick pooled
+    assert study.best_arm(table) == "prefix"
+    # Without prefix's one real win nothing separates, and the best mean rank decides.
+    noisy = (table.arm == "prefix") & (table.task == "scenes_vqa")
+    noise = table.copy()
+    noise.loc[noisy, "value"] = [0.45, 0.60, 0.50]
+    assert study.best_arm(noise) == "pooled"
 
 
 def test_a_new_encoder_file_at_the_same_path_is_a_new_run(tmp_path):

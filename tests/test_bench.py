@@ -1,0 +1,53 @@
+"""The benchmark command runs and reports sane figures; no timing is asserted (shared machines)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from litlab import bench, config as config_lib, runs, train
+from litlab.configs import quickstart
+
+
+@pytest.mark.parametrize("conditioning", ["cross", "prefix", "pooled"])
+def test_analytic_step_flops_match_xla(conditioning):
+    """The formula in bench.step_flops against XLA's cost_analysis of the real train step: XLA
+    also counts elementwise work, so it may be a little higher, never lower."""
+    c = config_lib.override(quickstart.get_config("smoke"), {
+        "decoder.conditioning": conditioning, "decoder.width": 64, "decoder.num_heads": 2,
+        "decoder.mlp_dim": 256, "decoder.depth": 2, "matmul_precision": "float32"})
+    model = runs.build_model(c, 1000)
+    params = runs.init_params(model, c)
+    schedule = train.make_schedule(c)
+    tx, frozen = train.make_optimizer(c, params, schedule)
+    state = train.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
+    n, d = model.token_shape()
+    B, L = 8, c.data.max_len
+    batch = {"tokens": np.ones((B, L), np.int32), "loss_mask": np.ones((B, L), np.float32),
+             "prefix_len": np.full(B, 4, np.int32), "task_id": np.zeros(B, np.int32),
+             "image_tokens": np.zeros((B, n, d), np.float32)}
+    step = train.make_train_step(model, tx, frozen, schedule, num_tasks=5, label_smoothing=0.0)
+    cost = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0)).compile().cost_analysis()
+    xla = float((cost[0] if isinstance(cost, list) else cost)["flops"])
+    ours = bench.step_flops(batch=B, text_len=L - 1, image_tokens=n, image_width=d, width=64, depth=2,
+                            mlp_dim=256, vocab=1000, conditioning=conditioning)
+    assert 0.8 < ours / xla <= 1.0, (ours, xla)
+
+
+def test_mfu_suite_runs_and_reports_sane_values(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["mfu", "--quick", "--json", str(out)])
+    mfu = json.loads(out.read_text())["mfu"]
+    assert mfu["peaks"]["f32_gflops"] > 0 and mfu["peaks"]["bf16_gflops"] > 0
+    for prec in ("float32", "bfloat16"):
+        r = mfu[prec]
+        assert r["step_ms"] > 0 and r["step_ms_p10_p90"][0] <= r["step_ms"] <= r["step_ms_p10_p90"][1]
+        assert 0.8 < r["analytic_over_xla"] <= 1.0
+        assert 0 < r["fraction_of_peak"] < 2
+    assert mfu["bf16_over_f32_speed"] > 0
+
+
+def test_unknown_suite_is_named():
+    with pytest.raises(SystemExit):
+        bench.main(["nope"])
