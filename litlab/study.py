@@ -223,7 +223,12 @@ def beyond_noise(diff: pd.DataFrame) -> pd.Series:
     """Rows of `differences` whose 95% interval excludes zero. A zero-width interval (the same
     difference on every seed, e.g. one test example of 100 on each) is not evidence of an effect:
     the seeds then say nothing about its noise, so it never counts."""
-    return (diff.n > 1) & (diff.ci95 > 0) & ((diff["mean"] - diff.ci95 > 0) | (diff["mean"] + diff.ci95 < 0))
+    return (diff.n > 1) & ~_zero_width(diff) & ((diff["mean"] - diff.ci95 > 0) | (diff["mean"] + diff.ci95 < 0))
+
+
+def _zero_width(diff: pd.DataFrame) -> pd.Series:
+    # Up to float rounding: 0.02 - 0.01 on one seed and 0.03 - 0.02 on another differ in the 17th digit.
+    return diff.ci95.abs() < 1e-9
 
 
 def findings(study: Study, table: pd.DataFrame) -> list[str]:
@@ -239,7 +244,7 @@ def findings(study: Study, table: pd.DataFrame) -> list[str]:
             verb = "beats" if r["mean"] > 0 else "trails"
             out.append(f"{split}: {r.arm} {verb} {study.reference} on {r.task} ({r.metric}) by "
                        f"{abs(r['mean']):.3f} +/- {r.ci95:.3f}")
-        for _, r in d[(d.n > 1) & (d.ci95 == 0) & (d["mean"] != 0)].iterrows():
+        for _, r in d[(d.n > 1) & _zero_width(d) & (d["mean"].abs() > 1e-9)].iterrows():
             out.append(f"{split}: {r.arm} differs from {study.reference} on {r.task} ({r.metric}) by exactly "
                        f"{r['mean']:+.3f} on every seed, a zero-width interval; not counted as a difference")
         quiet = sorted(set(d.task) - set(level.task))
