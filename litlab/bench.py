@@ -132,8 +132,29 @@ def step_flops(*, batch: int, text_len: int, image_tokens: int, image_width: int
 
 def _median_spread(times: list[float]) -> dict:
     t = np.asarray(times)
-    return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
-            "repeats": len(t)}
+    return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90))}
+
+
+def train_step_setup(config, batch: int, vocab: int):
+    """(step function, not jitted; train state; a random batch of cached image tokens) for
+    `config`'s decoder: what `mfu` times and what the FLOP-count test compiles."""
+    from litlab import runs, train
+
+    model = runs.build_model(config, vocab)
+    params = runs.init_params(model, config)
+    schedule = train.make_schedule(config)
+    tx, frozen = train.make_optimizer(config, params, schedule)
+    state = train.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
+    n, d = model.token_shape()
+    L = config.data.max_len
+    rng = np.random.default_rng(0)
+    arrays = {"tokens": rng.integers(3, vocab, (batch, L)).astype(np.int32),
+              "loss_mask": np.ones((batch, L), np.float32),
+              "prefix_len": rng.integers(4, 16, batch).astype(np.int32),
+              "task_id": rng.integers(0, 5, batch).astype(np.int32),
+              "image_tokens": rng.normal(size=(batch, n, d)).astype(np.float32)}
+    step = train.make_train_step(model, tx, frozen, schedule, num_tasks=5, label_smoothing=0.0)
+    return step, state, arrays
 
 
 def matmul_peaks(*, n: int = 2048, repeats: int = 7) -> dict:
@@ -161,7 +182,7 @@ def bench_mfu(*, quick: bool = False) -> dict:
     float32 and bfloat16, timed alternately in this run, as FLOP rate and as a fraction of the
     same-run matmul peak of its precision. The analytic FLOP count (`step_flops`) is reported
     next to XLA's own `cost_analysis`, which also counts elementwise work."""
-    from litlab import config, runs, train
+    from litlab import config
     from litlab.configs import quickstart
 
     batch, repeats = (32, 3) if quick else (128, 9)
@@ -171,29 +192,17 @@ def bench_mfu(*, quick: bool = False) -> dict:
     steps, out = {}, {"peaks": peaks, "batch": batch}
     for prec in ("float32", "bfloat16"):
         c = config.override(base, {"matmul_precision": prec})
-        model = runs.build_model(c, tok_vocab)
-        params = runs.init_params(model, c)
-        schedule = train.make_schedule(c)
-        tx, frozen = train.make_optimizer(c, params, schedule)
-        state = train.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
-        n, d = model.token_shape()
-        L = c.data.max_len
-        rng = np.random.default_rng(0)
-        batch_arrays = {"tokens": rng.integers(3, tok_vocab, (batch, L)).astype(np.int32),
-                        "loss_mask": np.ones((batch, L), np.float32),
-                        "prefix_len": rng.integers(4, 16, batch).astype(np.int32),
-                        "task_id": rng.integers(0, 5, batch).astype(np.int32),
-                        "image_tokens": rng.normal(size=(batch, n, d)).astype(np.float32)}
-        fn = jax.jit(train.make_train_step(model, tx, frozen, schedule, num_tasks=5, label_smoothing=0.0),
-                     donate_argnums=0)
+        step, state, batch_arrays = train_step_setup(c, batch, tok_vocab)
+        fn = jax.jit(step, donate_argnums=0)
         key = jax.random.PRNGKey(0)
         cost = fn.lower(state, batch_arrays, key).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         state, m = fn(state, batch_arrays, key)  # compile
         jax.block_until_ready(m)
-        flops = step_flops(batch=batch, text_len=L - 1, image_tokens=n, image_width=d, width=c.decoder.width,
-                           depth=c.decoder.depth, mlp_dim=c.decoder.mlp_dim, vocab=tok_vocab,
-                           conditioning=c.decoder.conditioning)
+        n, d = batch_arrays["image_tokens"].shape[1:]
+        flops = step_flops(batch=batch, text_len=c.data.max_len - 1, image_tokens=n, image_width=d,
+                           width=c.decoder.width, depth=c.decoder.depth, mlp_dim=c.decoder.mlp_dim,
+                           vocab=tok_vocab, conditioning=c.decoder.conditioning)
         steps[prec] = {"fn": fn, "state": state, "batch": batch_arrays, "key": key, "times": [],
                        "flops": flops, "xla_flops": float(cost["flops"])}
     for _ in range(repeats):  # alternate, so both precisions see the same machine

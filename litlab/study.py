@@ -226,9 +226,13 @@ def beyond_noise(diff: pd.DataFrame) -> pd.Series:
     return (diff.n > 1) & ~_zero_width(diff) & ((diff["mean"] - diff.ci95 > 0) | (diff["mean"] + diff.ci95 < 0))
 
 
+# Differences this small are zero up to float rounding: 0.02 - 0.01 on one seed and 0.03 - 0.02
+# on another differ in the 17th digit.
+_ROUNDING = 1e-9
+
+
 def _zero_width(diff: pd.DataFrame) -> pd.Series:
-    # Up to float rounding: 0.02 - 0.01 on one seed and 0.03 - 0.02 on another differ in the 17th digit.
-    return diff.ci95.abs() < 1e-9
+    return diff.ci95.abs() < _ROUNDING
 
 
 def findings(study: Study, table: pd.DataFrame) -> list[str]:
@@ -244,7 +248,7 @@ def findings(study: Study, table: pd.DataFrame) -> list[str]:
             verb = "beats" if r["mean"] > 0 else "trails"
             out.append(f"{split}: {r.arm} {verb} {study.reference} on {r.task} ({r.metric}) by "
                        f"{abs(r['mean']):.3f} +/- {r.ci95:.3f}")
-        for _, r in d[(d.n > 1) & _zero_width(d) & (d["mean"].abs() > 1e-9)].iterrows():
+        for _, r in d[(d.n > 1) & _zero_width(d) & (d["mean"].abs() > _ROUNDING)].iterrows():
             out.append(f"{split}: {r.arm} differs from {study.reference} on {r.task} ({r.metric}) by exactly "
                        f"{r['mean']:+.3f} on every seed, a zero-width interval; not counted as a difference")
         quiet = sorted(set(d.task) - set(level.task))

@@ -3,10 +3,9 @@
 import json
 
 import jax
-import numpy as np
 import pytest
 
-from litlab import bench, config as config_lib, runs, train
+from litlab import bench, config as config_lib
 from litlab.configs import quickstart
 
 
@@ -17,17 +16,9 @@ def test_analytic_step_flops_match_xla(conditioning):
     c = config_lib.override(quickstart.get_config("smoke"), {
         "decoder.conditioning": conditioning, "decoder.width": 64, "decoder.num_heads": 2,
         "decoder.mlp_dim": 256, "decoder.depth": 2, "matmul_precision": "float32"})
-    model = runs.build_model(c, 1000)
-    params = runs.init_params(model, c)
-    schedule = train.make_schedule(c)
-    tx, frozen = train.make_optimizer(c, params, schedule)
-    state = train.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, tx.init(params))
-    n, d = model.token_shape()
     B, L = 8, c.data.max_len
-    batch = {"tokens": np.ones((B, L), np.int32), "loss_mask": np.ones((B, L), np.float32),
-             "prefix_len": np.full(B, 4, np.int32), "task_id": np.zeros(B, np.int32),
-             "image_tokens": np.zeros((B, n, d), np.float32)}
-    step = train.make_train_step(model, tx, frozen, schedule, num_tasks=5, label_smoothing=0.0)
+    step, state, batch = bench.train_step_setup(c, B, 1000)
+    n, d = batch["image_tokens"].shape[1:]
     cost = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0)).compile().cost_analysis()
     xla = float((cost[0] if isinstance(cost, list) else cost)["flops"])
     ours = bench.step_flops(batch=B, text_len=L - 1, image_tokens=n, image_width=d, width=64, depth=2,
