@@ -236,6 +236,8 @@ def main(argv=None) -> None:
     unknown = [n for n in args.suites if n not in SUITES]
     if unknown:
         ap.error(f"unknown suite(s) {unknown}; choose from {list(SUITES)}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():  # before minutes of measuring
+        ap.error(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist; create it first")
     results = {}
     for name in args.suites:
         kwargs = {"quick": True} if args.quick and "quick" in inspect.signature(SUITES[name]).parameters else {}

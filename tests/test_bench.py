@@ -39,6 +39,10 @@ def test_mfu_suite_runs_and_reports_sane_values(tmp_path):
     assert mfu["bf16_over_f32_speed"] > 0
 
 
-def test_unknown_suite_is_named():
+def test_unknown_suite_and_unwritable_json_are_named_before_measuring(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["nope"])
+    assert "unknown suite(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["mfu", "--json", str(tmp_path / "missing" / "b.json")])
+    assert "does not exist; create it first" in capsys.readouterr().err
