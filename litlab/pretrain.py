@@ -6,13 +6,17 @@ labels its annotation implies (shapes, colors, sizes and their conjunctions, obj
 3x3 cells hold objects of which color/shape, letters and letter positions of rendered words), and
 a linear `head` on the mean-pooled tokens is trained with sigmoid cross-entropy. The same head
 also scores every token against the labels of the object under it (`dense_weight`), which
-teaches the tokens themselves, the decoder's input, much faster on a CPU budget. A small
-reading head (`read_weight`, see `ReadHead`) spells each word image's word from the tokens, so
-that the tokens must say which letter is where. Only the encoder is kept; the decoder reads its
-`encoded` tokens.
+teaches the tokens themselves, the decoder's input, much faster on a CPU budget. Reading is
+taught per token too (`litlab.reading`): a linear head names the letters whose glyph centers
+each token holds (`glyph_weight`), and/or a linear CTC reader spells each words image from the
+token columns (`ctc_weight`). Only the encoder is kept; the decoder reads its `encoded` tokens.
+
+A run lives in a workdir: checkpoints every `checkpoint_every` steps, and rerunning the same
+command resumes exactly (the batch order is a pure function of seed and step), so a long run
+can outlive a session. `config.init` starts from any big_vision ViT `.npz` (continued pretraining).
 
     python -m litlab.pretrain --config litlab/configs/pretrain_encoder.py[:smoke]
-        [--config.total_steps=N] [--out PATH]
+        --workdir DIR [--config.total_steps=N] [--out PATH]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import string
 import sys
+from pathlib import Path
 import time
 from collections.abc import Iterable, Mapping
 
@@ -34,6 +39,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from litlab import checkpoints, reading
 from litlab.data import scenes, tasks
 from litlab.models import vit
 
@@ -41,7 +47,6 @@ GRID = 3  # object positions are labelled by the cell of a GRID x GRID grid hold
 MAX_COUNT = 4  # scenes hold 1-4 objects, words images none
 MAX_WORD = 8  # longest word the benchmark renders
 CHARS = string.ascii_lowercase
-END = len(CHARS)  # the reading head's class for "no letter here": positions past the word's end
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "pretrain_encoder.py")
 
 
@@ -159,25 +164,14 @@ def dense_label_mask(source: str) -> np.ndarray:
     return np.array([n.split("/", 1)[0] not in skip for n in label_names()], np.uint8)
 
 
-def spell(word: str) -> np.ndarray:
-    """int8 [MAX_WORD]: the reading head's targets, letter indices then END ("" for an image
-    without a word to read: all END, and `readable` masks it out)."""
-    if len(word) > MAX_WORD or not set(word) <= set(CHARS):
-        raise ValueError(f"word {word!r} is not up to {MAX_WORD} lowercase letters; the reading head "
-                         "cannot spell it (raise MAX_WORD or filter the word list)")
-    out = np.full(MAX_WORD, END, np.int8)
-    out[:len(word)] = [CHARS.index(ch) for ch in word]
-    return out
-
-
 def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndarray]:
     """`size` images of each source's `split`, shared out by the configured weights.
 
     Returns images uint8 [n,R,R,3], image-level `labels` uint8 [n,L], per-token targets as
     `objects` uint8 [n,1+MAX_COUNT,L] (row 0: no object) indexed by `patch_obj` int8 [n,tokens],
-    `dense_mask` uint8 [n,L], the reading head's `spelling` int8 [n,MAX_WORD] with `readable`
-    uint8 [n] (1 on words images, whose single word is the target), and for the readable checks
-    each image's `origin` (source) and `word` ("" unless from the words source).
+    `dense_mask` uint8 [n,L], per-token letters `glyphs` int8 [n,tokens,reading.SLOTS], the CTC
+    reader's `spelling` int32 [n,MAX_WORD] (-1 padded; all -1 unless a words image), and for the
+    readable checks each image's `origin` (source) and `word` ("" unless from the words source).
     """
     weights = dict(data_cfg.sources)
     total = sum(weights.values())
@@ -196,8 +190,9 @@ def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndar
             "patch_obj": np.stack([patch_objects(r.get("objects", []), data_cfg.resolution, patch)
                                    for r in recs]),
             "dense_mask": np.tile(dense_label_mask(name), (len(recs), 1)),
-            "spelling": np.stack([spell(w) for w in words]),
-            "readable": np.full(len(recs), name == "words", np.uint8),
+            "glyphs": np.stack([reading.glyph_targets(reading.record_glyphs(r), data_cfg.resolution, patch,
+                                                      r["image_key"]) for r in recs]),
+            "spelling": reading.ctc_labels(words, MAX_WORD),
             "origin": np.asarray([name] * len(recs)),
             "word": np.asarray(words),
         })
@@ -220,27 +215,19 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float((precision * t).sum() / t.sum())
 
 
-def read_words(read_logits: np.ndarray) -> list[str]:
-    """Spells each image's word from the reading head: the likeliest class at every position,
-    up to the first END."""
-    words = []
-    for row in np.asarray(read_logits).argmax(-1):
-        stop = np.flatnonzero(row == END)
-        words.append("".join(CHARS[c] for c in row[:stop[0] if len(stop) else len(row)]))
-    return words
-
-
 TOKEN_GROUPS = ("class", "color", "shape")
 
 
 def validation_metrics(logits: np.ndarray, token_pred: Mapping[str, np.ndarray],
-                       read_logits: np.ndarray, val: Mapping) -> dict:
+                       glyph_pred: np.ndarray, ctc_logits: np.ndarray, val: Mapping) -> dict:
     """Per-group mAP (labels with a positive only) and micro-F1 at 0.5, overall mAP, and readable
-    checks: top-1 of the 'class' labels on single-object images, exact word reading and letter
-    accuracy of the reading head on word images, and per-token top-1 of class/color/shape on
-    the tokens an object owns (what the decoder's cross-attention sees).
+    checks: top-1 of the 'class' labels on single-object images, per-token top-1 of
+    class/color/shape on the tokens an object owns (what the decoder's cross-attention sees),
+    the glyph head's top-1 on the letter slots (`glyph_letter_top1`) and on all slots, and the
+    CTC reader's exact words and character accuracy on words images.
 
-    `token_pred[g]` holds each token's argmax within group g, int [n, tokens].
+    `token_pred[g]` holds each token's argmax within group g, int [n, tokens]; `glyph_pred` the
+    glyph head's argmax, int [n, tokens, SLOTS].
     """
     targets, origin = val["labels"], val["origin"]
     probs = 1 / (1 + np.exp(-logits))
@@ -261,13 +248,14 @@ def validation_metrics(logits: np.ndarray, token_pred: Mapping[str, np.ndarray],
         cls = groups["class"]
         hit = targets[single][:, cls][np.arange(single.sum()), logits[single][:, cls].argmax(1)]
         out["objects_class_top1"] = float(hit.mean())
+    letters = val["glyphs"] != reading.NO_LETTER
+    if letters.any():
+        out["glyph_letter_top1"] = float((glyph_pred == val["glyphs"])[letters].mean())
+        out["glyph_slot_top1"] = float((glyph_pred == val["glyphs"]).mean())
     is_word = origin == "words"
     if is_word.any():
-        read = np.asarray(read_words(read_logits[is_word]))
-        out["words_exact"] = float(np.mean(read == val["word"][is_word]))
-        spelled = val["spelling"][is_word]
-        in_word = spelled != END
-        out["letter_top1"] = float((read_logits[is_word].argmax(-1) == spelled)[in_word].mean())
+        scores = reading.reading_scores(reading.ctc_decode(ctc_logits[is_word]), list(val["word"][is_word]))
+        out["words_exact"], out["words_char_accuracy"] = scores["exact_word"], scores["char_accuracy"]
     owned = val["patch_obj"] > 0
     if owned.any():
         rows = np.broadcast_to(np.arange(len(owned))[:, None], owned.shape)[owned]
@@ -282,40 +270,26 @@ def validation_metrics(logits: np.ndarray, token_pred: Mapping[str, np.ndarray],
 # Training
 
 
-class ReadHead(nn.Module):
-    """Parallel reader: one learned query per letter position attends over the encoder tokens
-    and classifies that position's letter (or END). A single attention layer on purpose: too
-    weak to find and recognise glyphs itself, so the tokens have to say which letter is where,
-    and those tokens are what the frozen decoder later reads."""
-
-    positions: int = MAX_WORD
-    num_heads: int = 4
-
-    @nn.compact
-    def __call__(self, tokens):
-        n, _, d = tokens.shape
-        queries = self.param("queries", nn.initializers.normal(0.02), (1, self.positions, d))
-        x = jnp.tile(queries, [n, 1, 1])
-        x = x + nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform())(x, tokens)
-        x = x + vit.MlpBlock()(nn.LayerNorm(epsilon=vit.LN_EPS)(x))
-        return nn.Dense(END + 1)(nn.LayerNorm(epsilon=vit.LN_EPS)(x))
-
-
 class Pretrainer(nn.Module):
-    """The ViT with its label `head` (params["encoder"]) plus the reading head (params["read"])."""
+    """The ViT with its label `head` (params["encoder"]), a linear glyph head naming each token's
+    letters (params["glyph"]) and a linear CTC reader over token columns (params["ctc"]).
+    Both reading heads are linear on purpose: the tokens must say the letters themselves."""
 
     encoder: vit.Model
-    read: ReadHead
+    side: int
 
+    @nn.compact
     def __call__(self, images, *, train=False):
         logits, out = self.encoder(images, train=train)
-        return logits, out, self.read(out["encoded"])
+        tokens = out["encoded"]
+        glyph = nn.Dense(reading.SLOTS * (len(CHARS) + 1), name="glyph")(tokens)
+        glyph = glyph.reshape(*tokens.shape[:2], reading.SLOTS, len(CHARS) + 1)
+        return logits, out, glyph, reading.CTCReader(self.side, name="ctc")(tokens)
 
 
-def make_model(model_cfg, num_classes: int | None = None) -> Pretrainer:
+def make_model(model_cfg, resolution: int, num_classes: int | None = None) -> Pretrainer:
     return Pretrainer(encoder=vit.Model(num_classes=num_classes, **model_cfg),
-                      read=ReadHead(num_heads=model_cfg.num_heads))
+                      side=resolution // model_cfg.patch_size[1])
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -328,37 +302,47 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def init_params(model: Pretrainer, config, label_prior: np.ndarray) -> dict:
-    """Random init, with the head bias at the labels' log prior odds: most of ~1k labels are
-    absent from any one image, and starting from p=0.5 spends the first steps learning only that."""
+    """Random init (or the encoder body from `config.init`), with the head bias at the labels'
+    log prior odds: most of ~1k labels are absent from any one image, and starting from p=0.5
+    spends the first steps learning only that."""
     params = model.init(jax.random.PRNGKey(config.seed),
                         jnp.zeros((1, config.data.resolution, config.data.resolution, 3)))["params"]
+    if config.init:
+        params["encoder"] = vit.load(params["encoder"], config.init, config.model, dont_load=("head/.*",))
     p = np.clip(label_prior, 1e-4, 1 - 1e-4)
     params["encoder"]["head"]["bias"] = jnp.asarray(np.log(p / (1 - p)), jnp.float32)
     return params
 
 
-TRAIN_KEYS = ("images", "labels", "objects", "patch_obj", "dense_mask", "spelling", "readable")
+TRAIN_KEYS = ("images", "labels", "objects", "patch_obj", "dense_mask", "glyphs", "spelling")
 
 
-def loss_fn(model, dense_weight: float, read_weight: float, params, batch):
+def loss_fn(model, weights: tuple[float, float, float], params, batch):
     """Image-level sigmoid cross-entropy, plus `dense_weight` times the same loss per token,
-    plus `read_weight` times the reading head's cross-entropy (summed over letter positions,
-    averaged over the batch's word images).
+    plus `glyph_weight` times the glyph head's cross-entropy (summed over slots, averaged over
+    tokens), plus `ctc_weight` times the CTC reader's loss (averaged over the batch's words
+    images).
 
     The label terms are summed over labels and averaged over images (and tokens), as big_vision's
     sigmoid_xent. The per-token term runs the same head on every token (`logits_2d`) against
     the labels of the object under it: the decoder reads tokens, not the pooled vector, and
     64 labelled tokens per image teach far more per step than one pooled label set.
     """
-    logits, out, read_logits = model.apply({"params": params}, preprocess(batch["images"]), train=True)
+    dense_weight, glyph_weight, ctc_weight = weights
+    logits, out, glyph_logits, ctc_logits = model.apply({"params": params}, preprocess(batch["images"]), train=True)
     bce = optax.sigmoid_binary_cross_entropy
     image = bce(logits, batch["labels"].astype(jnp.float32)).sum(-1).mean()
-    xent = optax.softmax_cross_entropy_with_integer_labels(
-        read_logits, batch["spelling"].astype(jnp.int32)).sum(-1)
-    readable = batch["readable"].astype(jnp.float32)
-    read = (xent * readable).sum() / jnp.maximum(readable.sum(), 1.0)
     dense = token_loss(logits, out, batch) if dense_weight else jnp.zeros(())
-    return image + dense_weight * dense + read_weight * read, (image, dense, read)
+    glyph = (optax.softmax_cross_entropy_with_integer_labels(
+        glyph_logits, batch["glyphs"].astype(jnp.int32)).sum(-1).mean() if glyph_weight else jnp.zeros(()))
+    if ctc_weight:
+        spelling = batch["spelling"]
+        readable = (spelling[:, 0] >= 0).astype(jnp.float32)
+        ctc = (reading.ctc_loss(ctc_logits, spelling) * readable).sum() / jnp.maximum(readable.sum(), 1.0)
+    else:
+        ctc = jnp.zeros(())
+    total = image + dense_weight * dense + glyph_weight * glyph + ctc_weight * ctc
+    return total, {"image": image, "dense": dense, "glyph": glyph, "ctc": ctc}
 
 
 def token_loss(logits, out, batch):
@@ -371,34 +355,33 @@ def token_loss(logits, out, batch):
     return (optax.sigmoid_binary_cross_entropy(token_logits, targets) * mask).sum(-1).mean()
 
 
-def make_train_step(model, tx, dense_weight: float, read_weight: float):
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model, dense_weight, read_weight),
-                                 has_aux=True)
+def make_train_step(model, tx, weights: tuple[float, float, float]):
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model, weights), has_aux=True)
 
     def step(state, batch):
         params, opt_state = state
-        (loss, (image, dense, read)), grads = grad_fn(params, batch)
+        (loss, parts), grads = grad_fn(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
-        metrics = {"loss": loss, "image": image, "dense": dense, "read": read}
-        return (optax.apply_updates(params, updates), opt_state), metrics
+        return (optax.apply_updates(params, updates), opt_state), {"loss": loss, **parts}
     return jax.jit(step, donate_argnums=0)
 
 
 def predict(model, params, images: np.ndarray, batch_size: int = 256):
-    """Image logits [n, L]; per TOKEN_GROUPS group, each token's argmax [n, tokens]; and the
-    reading head's logits [n, MAX_WORD, 27]."""
+    """Image logits [n, L]; per TOKEN_GROUPS group, each token's argmax [n, tokens]; the glyph
+    head's argmax [n, tokens, SLOTS]; and the CTC reader's logits [n, frames, 27]."""
     groups = {g: jnp.asarray(label_groups()[g]) for g in TOKEN_GROUPS}
 
     @jax.jit
     def apply(p, x):
-        logits, out, read_logits = model.apply({"params": p}, preprocess(x))
+        logits, out, glyph, ctc = model.apply({"params": p}, preprocess(x))
         tokens = out["logits_2d"].reshape(len(x), -1, logits.shape[-1])
-        return logits, {g: tokens[..., idx].argmax(-1) for g, idx in groups.items()}, read_logits
+        return logits, {g: tokens[..., idx].argmax(-1) for g, idx in groups.items()}, glyph.argmax(-1), ctc
 
     parts = [apply(params, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return (np.concatenate([np.asarray(p[0]) for p in parts]),
             {g: np.concatenate([np.asarray(p[1][g]) for p in parts]) for g in groups},
-            np.concatenate([np.asarray(p[2]) for p in parts]))
+            np.concatenate([np.asarray(p[2]) for p in parts]),
+            np.concatenate([np.asarray(p[3]) for p in parts]))
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -413,7 +396,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
 
 
 def encoder_params(params: Mapping, dtype: str = "float32") -> dict:
-    """The encoder's params without the label `head` (and without the reading head), cast to
+    """The encoder's params without the label `head` (and without the reading heads), cast to
     the storage dtype."""
     cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
     body = {k: v for k, v in params["encoder"].items() if k != "head"}
@@ -425,54 +408,90 @@ def sha256(path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def train(config, *, out: str | None = None, progress: bool = True):
-    """Runs the pretraining; returns (encoder params without head, summary dict).
+def _config_json(config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True, default=str)
 
+
+def train(config, *, workdir: str | None = None, out: str | None = None, progress: bool = True):
+    """Runs (or resumes) the pretraining; returns (encoder params without head, summary dict).
+
+    With a `workdir`, the state is checkpointed every `config.checkpoint_every` steps and a rerun
+    resumes from the newest checkpoint: the same batches follow, so the result is the one an
+    uninterrupted run gives. A workdir made with another config is refused (nothing is mixed).
     Saves the encoder to `out` (default config.out; "" saves nothing) in big_vision `.npz`
     layout. Validation runs every config.eval_every steps (0: only at the end).
     """
     out = config.out if out is None else out
+    if workdir is None:
+        return _train(config, None, out, progress)
+    workdir = Path(workdir)
+    with checkpoints.workdir_lock(workdir):
+        saved = workdir / "config.json"
+        if saved.is_file() and saved.read_text() != _config_json(config):
+            raise ValueError(f"{workdir} holds a pretraining run with another config ({saved}); pass a new "
+                             "--workdir, or rerun with that config to resume it.")
+        checkpoints.write_atomic(saved, _config_json(config))
+        return _train(config, workdir, out, progress)
+
+
+def _train(config, workdir: Path | None, out: str, progress: bool):
     t0 = time.time()
     patch = config.model.patch_size[0]
     pool = build_pool(config.data, "train", config.data.pool_size, patch)
     val = build_pool(config.data, "val", config.data.val_size, patch)
     data_s = time.time() - t0
 
-    model = make_model(config.model, num_classes=len(label_names()))
+    model = make_model(config.model, config.data.resolution, num_classes=len(label_names()))
     tx = make_optimizer(config)
     params = init_params(model, config, pool["labels"].mean(0))
     state = (params, tx.init(params))
-    step_fn = make_train_step(model, tx, config.dense_weight, config.read_weight)
+    step_fn = make_train_step(model, tx, (config.dense_weight, config.glyph_weight, config.ctc_weight))
 
-    losses, history = [], []
-    t1 = time.time()
-    bar = tqdm(range(config.total_steps), desc="pretrain", disable=not progress)
+    log = {"loss": [], "val": [], "train_s": 0.0}
+    start, ckpt = 0, None
+    if workdir is not None:
+        ckpt = checkpoints.Checkpointer(workdir, keep=2)
+        restored, step = ckpt.restore(jax.tree.map(np.asarray, state))
+        if restored is not None:
+            state, start = jax.tree.map(jnp.asarray, restored), step
+            log = json.loads((workdir / "log.json").read_text())
+            log["loss"] = [r for r in log["loss"] if r["step"] <= start]
+            log["val"] = [r for r in log["val"] if r["step"] <= start]
+
+    t1, train_s0 = time.time(), log["train_s"]
+    bar = tqdm(range(start, config.total_steps), desc="pretrain", initial=start, total=config.total_steps,
+               disable=not progress)
     for step in bar:
         idx = batch_indices(len(pool["images"]), config.batch_size, step, config.seed)
         state, loss = step_fn(state, {k: pool[k][idx] for k in TRAIN_KEYS})
-        if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
-            losses.append({"step": step + 1, **{k: round(float(v), 4) for k, v in loss.items()}})
-            bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
-        last = step + 1 == config.total_steps
-        if last or (config.eval_every and (step + 1) % config.eval_every == 0):
+        done = step + 1
+        if done % config.log_every == 0 or done == config.total_steps:
+            log["loss"].append({"step": done, **{k: round(float(v), 4) for k, v in loss.items()}})
+            bar.set_postfix(loss=f"{log['loss'][-1]['loss']:.3f}")
+        if done == config.total_steps or (config.eval_every and done % config.eval_every == 0):
             metrics = validation_metrics(*predict(model, state[0], val["images"]), val=val)
-            history.append({"step": step + 1, **metrics})
+            log["val"].append({"step": done, **metrics})
             if progress:
-                bar.write(f"step {step + 1}: val mAP {metrics['mAP']:.3f}, objects class top-1 "
-                          f"{metrics.get('objects_class_top1', float('nan')):.3f}, words exact "
-                          f"{metrics.get('words_exact', float('nan')):.3f} (letters "
-                          f"{metrics.get('letter_top1', float('nan')):.3f}), token class top-1 "
-                          f"{metrics.get('token_class_top1', float('nan')):.3f}", file=sys.stderr)
-    train_s = time.time() - t1
+                bar.write(f"step {done}: val mAP {metrics['mAP']:.3f}, objects class top-1 "
+                          f"{metrics.get('objects_class_top1', float('nan')):.3f}, token shape top-1 "
+                          f"{metrics.get('token_shape_top1', float('nan')):.3f}, glyph letters "
+                          f"{metrics.get('glyph_letter_top1', float('nan')):.3f}, CTC words exact "
+                          f"{metrics.get('words_exact', float('nan')):.3f}", file=sys.stderr)
+        if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.total_steps):
+            log["train_s"] = round(train_s0 + time.time() - t1, 1)
+            ckpt.save(done, jax.tree.map(np.asarray, state))
+            checkpoints.write_atomic(workdir / "log.json", json.dumps(log))
+    if ckpt is not None:
+        ckpt.close()
+    log["train_s"] = round(train_s0 + time.time() - t1, 1)
 
     enc = encoder_params(state[0], config.save_dtype)
     summary = {
-        "steps": config.total_steps, "batch_size": config.batch_size,
+        "steps": config.total_steps, "batch_size": config.batch_size, "resumed_from": start,
         "images_seen": config.total_steps * config.batch_size, "pool_size": len(pool["images"]),
-        "val_size": len(val["images"]), "num_labels": len(label_names()),
+        "val_size": len(val["images"]), "num_labels": len(label_names()), "init": config.init,
         "encoder_params": int(sum(a.size for a in jax.tree.leaves(enc))),
-        "data_s": round(data_s, 1), "train_s": round(train_s, 1), "wall_s": round(time.time() - t0, 1),
-        "loss": losses, "val": history,
+        "data_s": round(data_s, 1), "train_s": log["train_s"], "loss": log["loss"], "val": log["val"],
     }
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -491,8 +510,10 @@ def main(argv=None) -> None:
                                     flag_values=fv, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("out", None, "where to save the encoder .npz (default: config.out)",
                         flag_values=fv)
+    flags.DEFINE_string("workdir", None, "checkpoints and log; rerun with the same one to resume",
+                        flag_values=fv)
     fv(argv)
-    _, summary = train(fv.config, out=fv.out)
+    _, summary = train(fv.config, workdir=fv.workdir, out=fv.out)
     print(json.dumps(summary, indent=1))
 
 

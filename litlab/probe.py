@@ -1,11 +1,16 @@
-"""Linear probe: how much of the objects_cls class is linearly readable from frozen features.
+"""Linear probes: what a frozen encoder's tokens say, read by fixed-recipe linear readers.
 
-The decoder only ever sees frozen encoder tokens, so the probe checks the thing that matters:
-the mean-pooled `encoded` tokens of the frozen encoder feed a softmax regression trained on the
-objects_cls train split, scored top-1 on its test split. Comparing with the same architecture at
-random init shows what pretraining bought.
+The decoder only ever sees frozen encoder tokens, so the probes check the thing that matters:
 
-    python -m litlab.probe --encoder data/encoder/vit_pretrained.npz [--config file.py[:arg]]
+* objects_cls: the mean-pooled `encoded` tokens feed a softmax regression trained on the
+  objects_cls train split, scored top-1 on its test split;
+* reading (`--reading`): a linear CTC reader over the token columns (`litlab.reading`) is
+  trained on the words train split and reads the test split and the held-out words of the
+  compositional split (character accuracy and exact words).
+
+Each is reported next to the same architecture at random init, which shows what pretraining bought.
+
+    python -m litlab.probe --encoder data/encoder/vit_pretrained.npz [--reading] [--config file.py[:arg]]
 """
 
 from __future__ import annotations
@@ -18,16 +23,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
+from litlab import reading
 from litlab.data import tasks
 from litlab.models import vit
 from litlab.pretrain import DEFAULT_CONFIG, preprocess
 
 
-def features(params, model_cfg, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Mean over the `encoded` tokens (the decoder's input), float32 [n, width]."""
+def features(params, model_cfg, images: np.ndarray, batch_size: int = 256, *, pool: bool = True) -> np.ndarray:
+    """The `encoded` tokens (the decoder's input), float32 [n, tokens, width], or their mean
+    [n, width] with `pool`."""
     model = vit.Model(**model_cfg)
-    apply = jax.jit(lambda p, x: model.apply({"params": p}, preprocess(x))[1]["encoded"].mean(1))
+
+    def encode(p, x):
+        tokens = model.apply({"params": p}, preprocess(x))[1]["encoded"]
+        return tokens.mean(1) if pool else tokens
+    apply = jax.jit(encode)
     return np.concatenate([np.asarray(apply(params, images[i:i + batch_size]))
                            for i in range(0, len(images), batch_size)])
 
@@ -83,6 +95,50 @@ def linear_probe(params, model_cfg, *, train_limit: int | None = 5000, test_limi
             "feature_dim": int(f_train.shape[1])}
 
 
+def reading_probe(encode, side: int, *, resolution: int = 64, train_limit: int | None = 4000,
+                  test_limit: int | None = 1000, seed: int = 0, steps: int = 2000, batch_size: int = 256,
+                  lr: float = 3e-3, wd: float = 1e-4) -> dict:
+    """Character accuracy and exact words of a linear CTC reader (`reading.CTCReader`) trained on
+    frozen tokens of the words source's train split (seed `seed`), on its test split and on the
+    compositional split (held-out words, never in train).
+
+    `encode` maps uint8 images [n, R, R, 3] to row-major tokens [n, side*side, D] (for an
+    encoder: `features(..., pool=False)`). Fixed recipe: tokens standardised with train statistics, AdamW (`lr`,
+    `wd`) for `steps` minibatch steps drawn from PRNGKey(0), so encoders compare on equal terms.
+    """
+    data = {}
+    for split, limit in (("train", train_limit), ("test", test_limit), ("compositional", test_limit)):
+        images, records = tasks.read_records("words", split, seed=seed, resolution=resolution, limit=limit)
+        data[split] = (np.asarray(encode(images), np.float32), [r["word"] for r in records])
+    x_train, words = data["train"]
+    mu, sd = x_train.mean((0, 1)), x_train.std((0, 1)) + 1e-6
+    x = jnp.asarray((x_train - mu) / sd)
+    labels = jnp.asarray(reading.ctc_labels(words, max(map(len, words))))
+    reader = reading.CTCReader(side)
+    p = reader.init(jax.random.PRNGKey(0), x[:1])
+    tx = optax.adamw(lr, weight_decay=wd)
+
+    @jax.jit
+    def step(carry, key):
+        p, opt = carry
+        idx = jax.random.choice(key, len(x), (min(batch_size, len(x)),), replace=False)
+        g = jax.grad(lambda p: reading.ctc_loss(reader.apply(p, x[idx]), labels[idx]).mean())(p)
+        upd, opt = tx.update(g, opt, p)
+        return (optax.apply_updates(p, upd), opt), None
+
+    carry = (p, tx.init(p))
+    for key in tqdm(jax.random.split(jax.random.PRNGKey(0), steps), desc="reading probe", leave=False):
+        carry, _ = step(carry, key)
+    read = jax.jit(reader.apply)
+    out = {"n_train": len(words), "steps": steps}
+    for split in ("train", "test", "compositional"):
+        feats, truth = data[split]
+        logits = np.concatenate([np.asarray(read(carry[0], jnp.asarray((feats[i:i + 512] - mu) / sd)))
+                                 for i in range(0, len(feats), 512)])
+        out[split] = reading.reading_scores(reading.ctc_decode(logits), truth)
+    return out
+
+
 def main(argv=None) -> None:
     from absl import flags
     from ml_collections import config_flags
@@ -95,16 +151,21 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("train_limit", 5000, "objects_cls train images", flag_values=fv)
     flags.DEFINE_integer("test_limit", 2000, "objects_cls test images", flag_values=fv)
     flags.DEFINE_integer("random_seed", 0, "init seed of the random-init baseline", flag_values=fv)
+    flags.DEFINE_bool("reading", False, "run the reading probe (words) instead of the objects_cls one",
+                      flag_values=fv)
     fv(argv)
 
     model_cfg = fv.config.model
     res = fv.config.data.resolution
     init = vit.Model(**model_cfg).init(jax.random.PRNGKey(fv.random_seed), jnp.zeros((1, res, res, 3)))
     pretrained = vit.load(init["params"], fv.encoder, model_cfg)
-    kw = dict(train_limit=fv.train_limit, test_limit=fv.test_limit)
-    report = {"encoder": os.fspath(fv.encoder),
-              "pretrained": linear_probe(pretrained, model_cfg, **kw),
-              "random_init": linear_probe(init["params"], model_cfg, **kw)}
+    if fv.reading:
+        side = res // model_cfg.patch_size[1]
+        probe = lambda p: reading_probe(lambda x: features(p, model_cfg, x, pool=False), side, resolution=res)
+    else:
+        probe = lambda p: linear_probe(p, model_cfg, train_limit=fv.train_limit, test_limit=fv.test_limit)
+    report = {"encoder": os.fspath(fv.encoder), "probe": "reading" if fv.reading else "objects_cls",
+              "pretrained": probe(pretrained), "random_init": probe(init["params"])}
     print(json.dumps(report, indent=1))
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from litlab import pretrain, probe
+from litlab import pretrain, probe, reading
 from litlab.configs import pretrain_encoder
 from litlab.data import scenes
 from litlab.models import vit
@@ -71,18 +71,6 @@ def test_labels_of_words():
                    "char_at/2 b", "char_from_end/0 b", "char_from_end/1 a", "char_from_end/2 c"}
 
 
-def test_spelling_round_trips_through_the_reading_head_decoder():
-    spelled = np.stack([pretrain.spell(w) for w in ["cab", "zebra", "abcdefgh"]])
-    assert spelled[0].tolist() == [2, 0, 1] + [pretrain.END] * 5
-    logits = np.eye(pretrain.END + 1)[spelled] * 5.0  # one-hot "logits" of the targets
-    assert pretrain.read_words(logits) == ["cab", "zebra", "abcdefgh"]
-    logits[1, 2] = np.eye(pretrain.END + 1)[pretrain.END]  # an early END cuts the word
-    assert pretrain.read_words(logits)[1] == "ze"
-    for bad in ["toolongword", "Cab", "o'er"]:
-        with pytest.raises(ValueError, match="lowercase letters"):
-            pretrain.spell(bad)
-
-
 def test_held_out_pair_has_no_label():
     color, shape = scenes.HELD_OUT_PAIRS[0]
     rec = {"objects": [{"shape": shape, "color": color, "size": "small", "center": (0.5, 0.5)}]}
@@ -121,9 +109,11 @@ def test_smoke_training_learns_and_saves_the_encoder(smoke_run):
     assert len(losses) == config.total_steps
     # The pool is one batch, seen every step: the model must fit it.
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
-    reads = [entry["read"] for entry in summary["loss"]]  # the pool holds word images
-    assert reads[0] > 0 and np.mean(reads[-3:]) < 0.8 * np.mean(reads[:3])
-    assert 0 <= summary["val"][-1]["letter_top1"] <= 1
+    for term in ("glyph", "ctc"):  # the pool holds word images
+        values = [entry[term] for entry in summary["loss"]]
+        assert values[0] > 0 and np.mean(values[-3:]) < 0.8 * np.mean(values[:3]), term
+    for key in ("glyph_letter_top1", "words_exact", "words_char_accuracy"):
+        assert 0 <= summary["val"][-1][key] <= 1
     assert summary["val"][-1]["step"] == config.total_steps
     assert 0 < summary["val"][-1]["mAP"] <= 1
 
@@ -181,16 +171,56 @@ def test_shipped_encoder_loads_and_matches_its_card():
 def test_loss_terms_combine_by_their_weights():
     config = pretrain_encoder.get_config("smoke")
     pool = pretrain.build_pool(config.data, "train", 16, config.model.patch_size[0])
-    assert pool["readable"].sum() > 0 and (pool["readable"] == 0).any()
-    model = pretrain.make_model(config.model, num_classes=len(pretrain.label_names()))
+    readable = pool["spelling"][:, 0] >= 0
+    assert readable.any() and not readable.all()
+    assert (pool["glyphs"] != reading.NO_LETTER).any()
+    model = pretrain.make_model(config.model, config.data.resolution, num_classes=len(pretrain.label_names()))
     params = pretrain.init_params(model, config, pool["labels"].mean(0))
     batch = {k: pool[k] for k in pretrain.TRAIN_KEYS}
-    loss = lambda d, r, b=batch: pretrain.loss_fn(model, d, r, params, b)
-    total, (image, dense, read) = loss(1.0, 1.0)
-    assert float(image) > 0 and float(dense) > 0 and float(read) > 0
-    np.testing.assert_allclose(total, image + dense + read, rtol=1e-6)
-    np.testing.assert_allclose(loss(0.0, 0.0)[0], image, rtol=1e-6)
-    np.testing.assert_allclose(loss(0.0, 2.0)[0], image + 2 * read, rtol=1e-6)
-    # Only word images are read: with none in the batch the reading term is exactly 0.
-    no_words = dict(batch, readable=np.zeros_like(batch["readable"]))
-    assert float(loss(1.0, 1.0, no_words)[1][2]) == 0.0
+    loss = lambda *w, b=batch: pretrain.loss_fn(model, w, params, b)
+    total, parts = loss(1.0, 1.0, 1.0)
+    assert all(float(parts[k]) > 0 for k in ("image", "dense", "glyph", "ctc"))
+    np.testing.assert_allclose(total, sum(parts.values()), rtol=1e-6)
+    np.testing.assert_allclose(loss(0.0, 0.0, 0.0)[0], parts["image"], rtol=1e-6)
+    np.testing.assert_allclose(loss(0.0, 2.0, 0.5)[0], parts["image"] + 2 * parts["glyph"] + 0.5 * parts["ctc"],
+                               rtol=1e-6)
+    # Only word images are spelled: with none in the batch the CTC term is exactly 0.
+    no_words = dict(batch, spelling=np.full_like(batch["spelling"], -1))
+    assert float(loss(1.0, 1.0, 1.0, b=no_words)[1]["ctc"]) == 0.0
+
+
+def test_init_loads_a_big_vision_encoder_but_not_its_head(smoke_run, tmp_path):
+    config, out, params, _ = smoke_run
+    config = pretrain_encoder.get_config("smoke")
+    config.init = str(out)
+    model = pretrain.make_model(config.model, config.data.resolution, num_classes=len(pretrain.label_names()))
+    started = pretrain.init_params(model, config, np.full(len(pretrain.label_names()), 0.1))
+    for k, v in vit.flatten(params).items():
+        np.testing.assert_array_equal(vit.flatten(started["encoder"])[k], v)
+    np.testing.assert_allclose(started["encoder"]["head"]["bias"], np.log(0.1 / 0.9), rtol=1e-5)
+
+
+def test_a_killed_run_resumes_to_the_same_encoder(smoke_run, tmp_path, monkeypatch):
+    """Killed after its step-8 checkpoint, the rerun resumes there and ends where an uninterrupted
+    run ends, bit for bit; a workdir of another config is refused."""
+    config, _, params, summary = smoke_run
+    real = pretrain.batch_indices
+
+    def killed_at_10(n, batch_size, step, seed):
+        if step == 10:
+            raise KeyboardInterrupt
+        return real(n, batch_size, step, seed)
+
+    monkeypatch.setattr(pretrain, "batch_indices", killed_at_10)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.train(config, workdir=tmp_path / "run", out="", progress=False)
+    monkeypatch.setattr(pretrain, "batch_indices", real)
+    resumed, again = pretrain.train(config, workdir=tmp_path / "run", out="", progress=False)
+    assert again["resumed_from"] == 8
+    assert again["loss"] == summary["loss"]
+    for k, v in vit.flatten(params).items():
+        np.testing.assert_array_equal(vit.flatten(resumed)[k], v)
+    other = pretrain_encoder.get_config("smoke")
+    other.lr = 1e-3
+    with pytest.raises(ValueError, match="another config"):
+        pretrain.train(other, workdir=tmp_path / "run", out="", progress=False)

@@ -1,6 +1,6 @@
 """Pretraining of litlab's shipped ViT encoder (see litlab/pretrain.py and data/encoder/CARD.md).
 
-    python -m litlab.pretrain --config litlab/configs/pretrain_encoder.py
+    python -m litlab.pretrain --config litlab/configs/pretrain_encoder.py --workdir workdirs/pretrain
     python -m litlab.pretrain --config litlab/configs/pretrain_encoder.py:smoke --config.total_steps=5
 
 The argument "smoke" gives a tiny model and pool that train end to end in seconds (tests).
@@ -36,8 +36,13 @@ def get_config(arg=None):
 
     # Weight of the per-token term (0: image-level labels only, pure JFT-style; see pretrain.py).
     c.dense_weight = 1.0
-    # Weight of the reading head's loss on word images (0: no reading head; see pretrain.ReadHead).
-    c.read_weight = 1.0
+    # Reading (litlab/reading.py): a linear head names each token's letters (glyph targets from
+    # the renderer's glyph boxes), and/or a linear CTC reader spells words images from the token
+    # columns. 0 switches a term off.
+    c.glyph_weight = 1.0
+    c.ctc_weight = 0.0
+    # A big_vision ViT .npz to start from ("" = random init); its `head` is not loaded.
+    c.init = ""
     c.batch_size = 64
     c.total_steps = 6000
     c.lr = 2e-3
@@ -45,6 +50,7 @@ def get_config(arg=None):
     c.wd = 0.05  # decoupled (optax.adamw), on weight matrices only
     c.grad_clip_norm = 1.0
     c.eval_every = 1000
+    c.checkpoint_every = 250  # with --workdir; a rerun resumes from the newest checkpoint
     c.log_every = 10
     c.save_dtype = "float32"
     c.out = "data/encoder/vit_pretrained.npz"
@@ -52,11 +58,13 @@ def get_config(arg=None):
     if smoke:
         c.model.update(width=32, depth=1, mlp_dim=64, num_heads=2)
         c.data.update(pool_size=16, val_size=32)  # one batch, repeated: the loss must fall
+        c.ctc_weight = 1.0  # both reading terms run in the smoke tests
         c.batch_size = 16
         c.total_steps = 16
         c.warmup_steps = 2
         c.lr = 2e-2
         c.eval_every = 0  # only at the end
+        c.checkpoint_every = 8
         c.log_every = 1
         c.out = ""
     return c

@@ -200,6 +200,32 @@ def _luma(rgb) -> float:
     return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
+def _glyph_boxes(font, word: str, center: tuple[float, float], scale: int, *, stroke: int = 0,
+                 angle: float = 0.0) -> tuple[tuple[str, float, float, float, float], ...]:
+    """Each letter's ink box (char, x0, y0, x1, y1) in output pixels, for text drawn at
+    ``center`` (drawing-scale px) with anchor "mm" and then rotated by ``angle`` degrees about it.
+
+    Geometry only, no random draws, so annotating never changes a pixel. Letter i sits at the
+    advance of ``word[:i]`` (Pillow's BASIC layout); a rotated box is the axis-aligned bound of
+    its rotated corners, as PIL's ``rotate`` turns the ink (counter-clockwise on screen).
+    """
+    mm = font.getbbox(word, anchor="mm", stroke_width=stroke)
+    ls = font.getbbox(word, anchor="ls", stroke_width=stroke)
+    ox, oy = center[0] + mm[0] - ls[0], center[1] + mm[1] - ls[1]  # the baseline origin on the canvas
+    c, sn = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    out = []
+    for i, ch in enumerate(word):
+        x0, y0, x1, y1 = font.getbbox(ch, anchor="ls", stroke_width=stroke)
+        adv = font.getlength(word[:i])
+        xs, ys = [], []
+        for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
+            dx, dy = ox + adv + x - center[0], oy + y - center[1]
+            xs.append(center[0] + dx * c + dy * sn)
+            ys.append(center[1] - dx * sn + dy * c)
+        out.append((ch, *(round(v / scale, 2) for v in (min(xs), min(ys), max(xs), max(ys)))))
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Backgrounds
 
@@ -430,6 +456,9 @@ def _render_text_scenes(rng: np.random.Generator, resolution: int, split: str) -
         return out
 
     objects, info = _scatter(rng, resolution, specs)
+    for obj, inf in zip(objects, info):  # where _draw puts each letter
+        obj["glyphs"] = _glyph_boxes(_font(inf["font"], inf["font_px"]), obj["word"],
+                                     (obj["center"][0] * resolution * s, obj["center"][1] * resolution * s), s)
     return {"image": _draw(objects, info, resolution, bg, rng), "objects": objects}
 
 
@@ -501,7 +530,8 @@ def _render_words(rng: np.random.Generator, resolution: int, split: str) -> dict
         edge = np.float32(0.0 if _luma(ink.ravel()) > 0.5 else 1.0)
         img = img * (1 - outline) + edge * outline
     img = img * (1 - a) + ink * a
-    return {"image": _finish(img, rng), "word": word}
+    return {"image": _finish(img, rng), "word": word,
+            "glyphs": _glyph_boxes(font, word, center, s, stroke=stroke, angle=angle)}
 
 
 # --------------------------------------------------------------------------------------------
