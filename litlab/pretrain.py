@@ -319,8 +319,9 @@ TRAIN_KEYS = ("images", "labels", "objects", "patch_obj", "dense_mask", "glyphs"
 
 def loss_fn(model, weights: tuple[float, float, float], params, batch):
     """Image-level sigmoid cross-entropy, plus `dense_weight` times the same loss per token,
-    plus `glyph_weight` times the glyph head's cross-entropy (summed over slots, averaged over
-    tokens), plus `ctc_weight` times the CTC reader's loss (averaged over the batch's words
+    plus `glyph_weight` times the glyph head's cross-entropy (summed over tokens and slots, like
+    the labels: averaged over tokens, a words image's ~7 letters among 192 slots weighed nothing
+    next to the label terms and the head learned only "no letter"), plus `ctc_weight` times the CTC reader's loss (averaged over the batch's words
     images).
 
     The label terms are summed over labels and averaged over images (and tokens), as big_vision's
@@ -334,7 +335,7 @@ def loss_fn(model, weights: tuple[float, float, float], params, batch):
     image = bce(logits, batch["labels"].astype(jnp.float32)).sum(-1).mean()
     dense = token_loss(logits, out, batch) if dense_weight else jnp.zeros(())
     glyph = (optax.softmax_cross_entropy_with_integer_labels(
-        glyph_logits, batch["glyphs"].astype(jnp.int32)).sum(-1).mean() if glyph_weight else jnp.zeros(()))
+        glyph_logits, batch["glyphs"].astype(jnp.int32)).sum((1, 2)).mean() if glyph_weight else jnp.zeros(()))
     if ctc_weight:
         spelling = batch["spelling"]
         readable = (spelling[:, 0] >= 0).astype(jnp.float32)

@@ -31,7 +31,7 @@ def get_config(arg=None):
     # rendered in the "compositional" split alone, so they never reach the encoder.
     # Validation uses the sources' "val" split under the same (encoder-only) seed.
     c.data = ml_collections.ConfigDict(dict(
-        sources=dict(objects=0.15, scenes=0.25, words=0.35, text_scenes=0.25),
+        sources=dict(objects=0.15, scenes=0.2, words=0.4, text_scenes=0.25),
         pool_size=56_000, val_size=1_000, seed=ENCODER_DATA_SEED, resolution=64))
 
     # Weight of the per-token term (0: image-level labels only, pure JFT-style; see pretrain.py).
@@ -39,12 +39,12 @@ def get_config(arg=None):
     # Reading (litlab/reading.py): a linear head names each token's letters (glyph targets from
     # the renderer's glyph boxes), and/or a linear CTC reader spells words images from the token
     # columns. 0 switches a term off.
-    c.glyph_weight = 1.0
-    c.ctc_weight = 0.0
+    c.glyph_weight = 4.0
+    c.ctc_weight = 1.0
     # A big_vision ViT .npz to start from ("" = random init); its `head` is not loaded.
     c.init = ""
     c.batch_size = 64
-    c.total_steps = 6000
+    c.total_steps = 6500
     c.lr = 2e-3
     c.warmup_steps = 300
     c.wd = 0.05  # decoupled (optax.adamw), on weight matrices only
