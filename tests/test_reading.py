@@ -2,6 +2,7 @@
 reading probe, and a check that the glyph objective can be learned at all (clean words)."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -205,3 +206,14 @@ def test_the_glyph_objective_learns_clean_words():
     letters = glyphs[held] != reading.NO_LETTER
     accuracy = (glyph_pred == glyphs[held])[letters].mean()
     assert accuracy > 0.8, f"letter top-1 {accuracy:.2f} on unseen clean words (prior 1/8)"
+
+
+def test_render_cache_from_before_glyph_boxes_is_not_served(tmp_path, monkeypatch):
+    """A records cache written before glyph boxes existed (same pixels, no glyphs) must not be
+    read back: glyph targets would silently be empty."""
+    monkeypatch.setenv("LITLAB_CACHE", str(tmp_path))
+    images, records = tasks.read_records("words", "val", seed=5, resolution=64, limit=3)
+    stale = [{k: v for k, v in r.items() if k != "glyphs"} for r in records]
+    np.savez(tmp_path / "words-val-r64-s5-n3.npz", images=images, records=np.array(json.dumps(stale)))
+    _, again = tasks.read_records("words", "val", seed=5, resolution=64, limit=3)
+    assert all(r["glyphs"] for r in again)

@@ -8,6 +8,10 @@ cannot download ImageNet/COCO/VQAv2/MJSynth, so four procedural *sources* stand 
 * ``words``       one rendered English word, MJSynth-style (OCR);
 * ``text_scenes`` 1-3 shapes, each carrying a word (reading + grounding VQA).
 
+Records carry their annotations: each object's shape, color, size, center, box and word, and
+for every rendered letter its glyph box (``glyphs``: char, x0, y0, x1, y1 in output pixels, on
+a words record and on each worded object), so reading can be supervised token by token.
+
 A sample is a pure function of (source, split, index, seed): ``Source.get`` seeds an
 independent ``numpy.random.Generator`` from those four numbers, so any sample can be
 re-created alone, in any order, on any worker, without storing a dataset.
@@ -59,6 +63,8 @@ HELD_OUT_PAIRS = tuple((c, SHAPES[(3 * i + 1) % len(SHAPES)]) for i, c in enumer
 # Shapes with a wide, flat middle where a 3-5 letter word fits legibly at 64x64.
 TEXT_SHAPES = ("circle", "square", "hexagon")
 
+# Version of what a record holds besides its pixels (2: glyph boxes); caches of records key on it.
+ANNOTATIONS = 2
 HELD_OUT_WORD_FRACTION = 0.1
 WORD_FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSansCondensed-Bold.ttf", "DejaVuSerif-Bold.ttf",
               "DejaVuSansMono-Bold.ttf", "default")

@@ -190,7 +190,9 @@ def read_records(source_name: str, split: str, *, seed: int, resolution: int, li
         raise ValueError(f"source {source_name!r} has no split {split!r}; its splits are {sorted(sizes)}.")
     n = sizes[split] if limit is None else min(limit, sizes[split])
     cacheable = source_name in sources.scenes.SOURCES
-    path = cache_dir() / f"{source_name}-{split}-r{resolution}-s{seed}-n{n}.npz"
+    # The annotation version in the name: records cached before glyph boxes existed are re-rendered
+    # (same pixels), never served without them.
+    path = cache_dir() / f"{source_name}-{split}-r{resolution}-s{seed}-n{n}-a{sources.scenes.ANNOTATIONS}.npz"
     if cacheable and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return z["images"], json.loads(str(z["records"]))
