@@ -164,6 +164,23 @@ def dense_label_mask(source: str) -> np.ndarray:
     return np.array([n.split("/", 1)[0] not in skip for n in label_names()], np.uint8)
 
 
+def source_counts(weights: dict[str, float], size: int) -> dict[str, int]:
+    """Images per source: proportional to the weights, at least one each, summing to `size`
+    (largest remainders round; rounding each share alone could leave the pool short of a batch)."""
+    bad = {k: w for k, w in weights.items() if not w > 0}
+    if bad:
+        raise ValueError(f"data.sources weights must be positive; got {bad} (drop a source to leave it out)")
+    if size < len(weights):
+        raise ValueError(f"a pool of {size} images cannot hold one image of each of the "
+                         f"{len(weights)} sources {sorted(weights)}; raise data.pool_size")
+    total = sum(weights.values())
+    exact = {k: 1 + (size - len(weights)) * w / total for k, w in weights.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:size - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
 def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndarray]:
     """`size` images of each source's `split`, shared out by the configured weights.
 
@@ -173,11 +190,8 @@ def build_pool(data_cfg, split: str, size: int, patch: int) -> dict[str, np.ndar
     reader's `spelling` int32 [n,MAX_WORD] (-1 padded; all -1 unless a words image), and for the
     readable checks each image's `origin` (source) and `word` ("" unless from the words source).
     """
-    weights = dict(data_cfg.sources)
-    total = sum(weights.values())
     parts = []
-    for name, w in weights.items():
-        n = max(1, round(size * w / total))
+    for name, n in source_counts(dict(data_cfg.sources), size).items():
         imgs, recs = tasks.read_records(name, split, seed=data_cfg.seed,
                                         resolution=data_cfg.resolution, limit=n)
         words = [r["word"] if name == "words" else "" for r in recs]

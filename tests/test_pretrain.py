@@ -103,6 +103,20 @@ def test_batches_are_a_pure_function_of_step_and_seed():
     assert sorted(epoch) == list(range(10))
 
 
+def test_pool_shares_sum_to_the_pool_size():
+    # Rounding each source's share alone gave 2+3+6+4 = 15 images for a pool of 16 (smaller than
+    # the smoke batch); the shares must add up and follow the weights.
+    weights = dict(objects=0.15, scenes=0.2, words=0.4, text_scenes=0.25)
+    for size in (4, 16, 17, 1000):
+        counts = pretrain.source_counts(weights, size)
+        assert sum(counts.values()) == size and min(counts.values()) >= 1
+    assert pretrain.source_counts(weights, 1000) == dict(objects=150, scenes=200, words=400, text_scenes=250)
+    with pytest.raises(ValueError, match="data.sources"):
+        pretrain.source_counts(dict(objects=1.0, words=0.0), 10)
+    with pytest.raises(ValueError, match="pool_size"):
+        pretrain.source_counts(weights, 3)
+
+
 def test_smoke_training_learns_and_saves_the_encoder(smoke_run):
     config, out, params, summary = smoke_run
     losses = [entry["loss"] for entry in summary["loss"]]
