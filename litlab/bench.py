@@ -4,8 +4,10 @@ tests, because shared machines are noisy; comparisons are made side by side in o
 from __future__ import annotations
 
 import argparse
+import collections
 import inspect
 import json
+import re
 import time
 from pathlib import Path
 
@@ -157,6 +159,14 @@ def train_step_setup(config, batch: int, vocab: int):
     return step, state, arrays
 
 
+def dot_dtypes(hlo: str) -> dict[str, int]:
+    """How many dots of an optimized HLO module take which operand dtypes ("bf16 x bf16": 85),
+    fused ones included: the check that a bfloat16 step really multiplies in bfloat16."""
+    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))  # instruction names are module-unique
+    pairs = re.findall(r"= \w+\[[^=]*? dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)
+    return dict(collections.Counter(f"{types[a]} x {types[b]}" for a, b in pairs))
+
+
 def matmul_peaks(*, n: int = 2048, repeats: int = 7) -> dict:
     """GFLOP/s of a jitted n^3 matmul in float32 and with bfloat16 inputs and float32
     accumulation: the ceilings the train step's rate is divided by, measured in this run."""
@@ -195,7 +205,8 @@ def bench_mfu(*, quick: bool = False) -> dict:
         step, state, batch_arrays = train_step_setup(c, batch, tok_vocab)
         fn = jax.jit(step, donate_argnums=0)
         key = jax.random.PRNGKey(0)
-        cost = fn.lower(state, batch_arrays, key).compile().cost_analysis()
+        compiled = fn.lower(state, batch_arrays, key).compile()
+        cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         state, m = fn(state, batch_arrays, key)  # compile
         jax.block_until_ready(m)
@@ -204,7 +215,8 @@ def bench_mfu(*, quick: bool = False) -> dict:
                            width=c.decoder.width, depth=c.decoder.depth, mlp_dim=c.decoder.mlp_dim,
                            vocab=tok_vocab, conditioning=c.decoder.conditioning)
         steps[prec] = {"fn": fn, "state": state, "batch": batch_arrays, "key": key, "times": [],
-                       "flops": flops, "xla_flops": float(cost["flops"])}
+                       "flops": flops, "xla_flops": float(cost["flops"]),
+                       "dots": dot_dtypes(compiled.as_text())}
     for _ in range(repeats):  # alternate, so both precisions see the same machine
         for s in steps.values():
             t = time.perf_counter()
@@ -219,7 +231,8 @@ def bench_mfu(*, quick: bool = False) -> dict:
                      "step_ms_p10_p90": [round(1e3 * stat["p10"], 1), round(1e3 * stat["p90"], 1)],
                      "analytic_gflop": round(s["flops"] / 1e9, 3), "xla_gflop": round(s["xla_flops"] / 1e9, 3),
                      "analytic_over_xla": round(s["flops"] / s["xla_flops"], 3),
-                     "gflops": round(rate, 1), "fraction_of_peak": round(rate / peak, 3)}
+                     "gflops": round(rate, 1), "fraction_of_peak": round(rate / peak, 3),
+                     "dots_by_operand_dtype": s["dots"]}
     out["bf16_over_f32_speed"] = round(out["float32"]["step_ms"] / out["bfloat16"]["step_ms"], 2)
     return out
 

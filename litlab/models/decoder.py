@@ -115,16 +115,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from litlab.models import matmul
+
 CONDITIONINGS = ("cross", "prefix", "pooled")
 LN_EPS = 1e-6
 
-# Matmuls take `dtype_mm` inputs but always accumulate and return float32.
-_dot_f32 = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 _NEG_INF = jnp.finfo(jnp.float32).min
 
 
+# Every matmul takes `dtype_mm` inputs, forward and backward, and accumulates and returns
+# float32 (models/matmul.py); parameters and everything else stay float32.
 def _dense(features, dtype_mm, axis=-1):
-    return nn.DenseGeneral(features, axis=axis, dtype=dtype_mm, dot_general=_dot_f32,
+    return nn.DenseGeneral(features, axis=axis, dot_general=matmul.flax_dot_general(dtype_mm),
                            kernel_init=nn.initializers.xavier_uniform())
 
 
@@ -136,19 +138,18 @@ def _attend(q, segments, dtype_mm):
     decode step attend jointly to cached image K/V and the text cache
     without copying them into one buffer. Returns [B, Tq, H, Dh] float32.
     """
-    q = (q * q.shape[-1] ** -0.5).astype(dtype_mm)
+    q = q * q.shape[-1] ** -0.5
     logits = []
-    for k, _, mask in segments:
-        s = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(dtype_mm), preferred_element_type=jnp.float32)
+    for k, _, mask in segments:  # "bqhd,bkhd->bhqk"
+        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, 2))), dtype_mm)
         logits.append(s if mask is None else jnp.where(mask[:, None], s, _NEG_INF))
-    probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1).astype(dtype_mm)
+    probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
     out, start = 0.0, 0
-    for k, v, _ in segments:
+    for k, v, _ in segments:  # "bhqk,bkhd->bhqd"
         p = probs[..., start:start + k.shape[1]]
-        out = out + jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(dtype_mm),
-                               preferred_element_type=jnp.float32)
+        out = out + matmul.dot_general(p, v, (((3,), (1,)), ((0, 1), (0, 2))), dtype_mm)
         start += k.shape[1]
-    return out
+    return out.transpose(0, 2, 1, 3)
 
 
 class Attention(nn.Module):
@@ -317,9 +318,7 @@ class Model(nn.Module):
     def _logits(self, x):
         x = self.ln_out(x)
         if self.tie_embeddings:
-            return jnp.einsum("...d,vd->...v", x.astype(self.dtype_mm),
-                              self.embed.embedding.astype(self.dtype_mm),
-                              preferred_element_type=jnp.float32)
+            return matmul.dot_general(x, self.embed.embedding, (((x.ndim - 1,), (1,)), ((), ())), self.dtype_mm)
         return self.head(x).astype(jnp.float32)
 
     def _forward(self, image_tokens, tokens, prefix_len, question_tokens, deterministic):
