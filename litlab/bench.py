@@ -8,6 +8,7 @@ import collections
 import inspect
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -237,7 +238,120 @@ def bench_mfu(*, quick: bool = False) -> dict:
     return out
 
 
-SUITES = {"pipeline": bench_pipeline, "decode": bench_decode, "train": bench_train, "mfu": bench_mfu}
+# Each axis of `scaling` varies one quickstart setting; image tokens follow the input resolution
+# (patch 8: 32 px -> 16 tokens, 128 px -> 256).
+SCALING = {"batch": ("batch_size", [8, 32, 128, 256]), "depth": ("decoder.depth", [1, 2, 4, 8, 12]),
+           "image_tokens": ("data.resolution", [32, 64, 128]), "text_tokens": ("data.max_len", [17, 33, 65])}
+SCALING_QUICK = {"batch": ("batch_size", [8, 32]), "depth": ("decoder.depth", [1, 2]),
+                 "image_tokens": ("data.resolution", [32, 64]), "text_tokens": ("data.max_len", [17, 33])}
+
+
+def bench_scaling(*, quick: bool = False) -> dict:
+    """Train-step time (cached image tokens, the quickstart's precision) as one setting grows and
+    the others stay at the quickstart's (batch 128, depth 2, 64 image tokens, 35 text tokens), so
+    a user sees how cost grows before sizing a study. Each point is the median of `repeats`
+    timed steps after a compile, with its p10-p90 spread and its analytic GFLOP/s. `quick`
+    scales the smoke configuration instead (seconds: it checks the machinery, not the machine)."""
+    from litlab import config
+    from litlab.configs import quickstart
+
+    axes, repeats = (SCALING_QUICK, 2) if quick else (SCALING, 5)
+    base = quickstart.get_config("smoke" if quick else None)
+    vocab = Tokenizer().vocab_size
+    rows = []
+    for axis, (key, values) in axes.items():
+        for value in values:
+            c = config.override(base, {key: value})
+            batch = c.batch_size
+            step, state, arrays = train_step_setup(c, batch, vocab)
+            fn = jax.jit(step, donate_argnums=0)
+            key_ = jax.random.PRNGKey(0)
+            state, m = fn(state, arrays, key_)
+            jax.block_until_ready(m)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                state, m = fn(state, arrays, key_)
+                jax.block_until_ready(m)
+                times.append(time.perf_counter() - t)
+            stat = _median_spread(times)
+            n, d = arrays["image_tokens"].shape[1:]
+            flops = step_flops(batch=batch, text_len=c.data.max_len - 1, image_tokens=n, image_width=d,
+                               width=c.decoder.width, depth=c.decoder.depth, mlp_dim=c.decoder.mlp_dim,
+                               vocab=vocab, conditioning=c.decoder.conditioning)
+            rows.append({"axis": axis, "value": value if axis != "image_tokens" else n,
+                         "step_ms": round(1e3 * stat["median"], 1),
+                         "step_ms_p10_p90": [round(1e3 * stat["p10"], 1), round(1e3 * stat["p90"], 1)],
+                         "gflops": round(flops / stat["median"] / 1e9, 1)})
+    return {"precision": base.matmul_precision, "rows": rows}
+
+
+def bench_memory(*, quick: bool = False) -> dict:
+    """Peak resident memory (max RSS) of a quickstart-sized training run with its evaluation, in
+    a fresh process: the figure that decides whether a study fits a Colab session. `quick` runs
+    the smoke configuration."""
+    import resource
+    import subprocess
+    import sys
+    import tempfile
+
+    from litlab import runs
+
+    cfg = f"{runs.ROOT / 'litlab/configs/quickstart.py'}{':smoke' if quick else ''}"
+    steps = 4 if quick else 50
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "litlab.train", "--config", cfg, "--workdir", workdir,
+                        f"--config.total_steps={steps}"], check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+    kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux reports KiB
+    return {"config": Path(cfg).name, "total_steps": steps, "peak_rss_gb": round(kib / 2 ** 20, 2),
+            "wall_s": round(wall, 1)}
+
+
+SUITES = {"pipeline": bench_pipeline, "decode": bench_decode, "train": bench_train, "mfu": bench_mfu,
+          "scaling": bench_scaling, "memory": bench_memory}
+
+
+
+def machine() -> dict:
+    """Where the figures came from: they only compare within one machine."""
+    import os
+    import platform
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind)}
+
+
+def write_doc(path: Path, results: dict, argv: list[str]) -> None:
+    """docs/benchmarks.md: the machine, every suite's figures, and the scaling chart beside it
+    (an SVG), all from this one run."""
+    m = machine()
+    lines = ["# litlab benchmarks", "",
+             f"Written by `python -m litlab.bench {' '.join(argv)}`. Figures compare only within this",
+             "run: shared machines are noisy, so each ratio was measured side by side.", "",
+             "| cpu | cores | backend | device | jax |", "| --- | --- | --- | --- | --- |",
+             f"| {m['cpu']} | {m['cores']} | {m['backend']} | {m['device']} | {m['jax']} |", ""]
+    for name, figures in results.items():
+        lines += [f"## {name}", "", (SUITES[name].__doc__ or "").split("\n\n")[0].replace("\n    ", " ").strip(), ""]
+        if name == "scaling":
+            from litlab import plots
+
+            svg = path.with_name(path.stem + "_scaling.svg")
+            plots.scaling_chart(figures["rows"], figures["precision"]).save(str(svg))
+            lines += [f"![train-step time against each setting]({svg.name})", "",
+                      "| axis | value | step ms (median) | p10-p90 | GFLOP/s |", "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['axis']} | {r['value']} | {r['step_ms']} | {r['step_ms_p10_p90'][0]}-{r['step_ms_p10_p90'][1]} "
+                      f"| {r['gflops']} |" for r in figures["rows"]]
+            lines.append("")
+        else:
+            lines += ["```json", json.dumps(figures, indent=1), "```", ""]
+    path.write_text("\n".join(lines))
 
 
 def main(argv=None) -> None:
@@ -245,12 +359,16 @@ def main(argv=None) -> None:
     ap.add_argument("suites", nargs="*", default=list(SUITES), help=f"any of {list(SUITES)}")
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (suites that have them)")
     ap.add_argument("--json", metavar="FILE", help="also write every suite's figures to FILE")
+    ap.add_argument("--doc", metavar="FILE", help="also write them as markdown with the machine and the "
+                    "scaling chart (the README uses docs/benchmarks.md)")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     unknown = [n for n in args.suites if n not in SUITES]
     if unknown:
         ap.error(f"unknown suite(s) {unknown}; choose from {list(SUITES)}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():  # before minutes of measuring
-        ap.error(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist; create it first")
+    for flag, value in (("--json", args.json), ("--doc", args.doc)):  # before minutes of measuring
+        if value and not Path(value).resolve().parent.is_dir():
+            ap.error(f"{flag} {value}: folder {Path(value).resolve().parent} does not exist; create it first")
     results = {}
     for name in args.suites:
         kwargs = {"quick": True} if args.quick and "quick" in inspect.signature(SUITES[name]).parameters else {}
@@ -258,6 +376,8 @@ def main(argv=None) -> None:
         print(json.dumps({name: results[name]}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.doc:
+        write_doc(Path(args.doc), results, argv)
 
 
 if __name__ == "__main__":

@@ -41,3 +41,17 @@ def study_chart(summary: pd.DataFrame, title: str = "") -> alt.Chart:
     return alt.layer(bars, errors, data=data).properties(width=110, height=120).facet(
         column=alt.Column("panel:N", title=None), row=alt.Row("split:N", title=None)).resolve_scale(
         y="independent").properties(title=title)
+
+
+def scaling_chart(rows: list[dict], precision: str = "") -> alt.Chart:
+    """Train-step time against each scaled setting (one panel per axis), from `litlab.bench`'s
+    scaling suite: how cost grows with batch, depth, image tokens and text length."""
+    data = pd.DataFrame([{**r, "lo": r["step_ms_p10_p90"][0], "hi": r["step_ms_p10_p90"][1]} for r in rows])
+    base = alt.Chart().encode(x=alt.X("value:Q", title=None, scale=alt.Scale(type="log", base=2)))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("step_ms:Q", title="train step (ms)", scale=alt.Scale(type="log")),
+        tooltip=["axis", "value", "step_ms", "gflops"])
+    band = base.mark_errorbar().encode(y="lo:Q", y2="hi:Q")
+    return alt.layer(line, band, data=data).facet(
+        facet=alt.Facet("axis:N", title=None), columns=4,
+        title=f"train-step time as one setting grows ({precision})").resolve_scale(x="independent")

@@ -47,6 +47,9 @@ def test_unknown_suite_and_unwritable_json_are_named_before_measuring(tmp_path, 
     with pytest.raises(SystemExit):
         bench.main(["mfu", "--json", str(tmp_path / "missing" / "b.json")])
     assert "does not exist; create it first" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["mfu", "--doc", str(tmp_path / "missing" / "b.md")])
+    assert "--doc" in capsys.readouterr().err
 
 
 def test_bf16_step_multiplies_in_bf16_and_follows_the_f32_loss_curve():
@@ -72,3 +75,21 @@ def test_bf16_step_multiplies_in_bf16_and_follows_the_f32_loss_curve():
     f32, bf16 = np.asarray(curves["float32"]), np.asarray(curves["bfloat16"])
     assert f32[-1] < 0.8 * f32[0]  # it learns the repeated batch
     np.testing.assert_allclose(bf16, f32, rtol=0.03)
+
+
+def test_scaling_and_memory_suites_write_the_benchmark_doc(tmp_path):
+    doc, js = tmp_path / "benchmarks.md", tmp_path / "b.json"
+    bench.main(["scaling", "memory", "--quick", "--doc", str(doc), "--json", str(js)])
+    res = json.loads(js.read_text())
+    rows = res["scaling"]["rows"]
+    assert [(r["axis"], r["value"]) for r in rows] == [
+        ("batch", 8), ("batch", 32), ("depth", 1), ("depth", 2), ("image_tokens", 4), ("image_tokens", 16),
+        ("text_tokens", 17), ("text_tokens", 33)]  # smoke encoder: patch 16 on 32 and 64 px
+    for r in rows:
+        assert r["step_ms"] > 0 and r["gflops"] > 0
+        assert r["step_ms_p10_p90"][0] <= r["step_ms"] <= r["step_ms_p10_p90"][1]
+    assert 0.1 < res["memory"]["peak_rss_gb"] < 24
+    text = doc.read_text()
+    assert "| cpu | cores |" in text and "## scaling" in text and "## memory" in text
+    assert "peak_rss_gb" in text and "| depth | 2 |" in text
+    assert (tmp_path / "benchmarks_scaling.svg").read_text().lstrip().startswith("<svg")
