@@ -85,22 +85,43 @@ def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: floa
     return out
 
 
-def bench_train(*, steps: int = 20, limit: int = 256) -> dict:
+# The paper's setting: a ViT-B/16 encoder at 224 px (random weights: speed does not depend on
+# them) under the quickstart decoder. There the encoder dwarfs the decoder, which is where the
+# frozen-feature cache pays.
+VIT_B16 = dict(patch_size=(16, 16), width=768, depth=12, mlp_dim=3072, num_heads=12, posemb="learn", pool_type="gap")
+
+
+def bench_train(*, steps: int = 20, limit: int = 256, paper_steps: int = 4, quick: bool = False) -> dict:
     """Quickstart-size train steps/s with the frozen-feature cache vs the encoder in the loop,
-    and float32 vs bfloat16 matmuls, side by side (compilation excluded)."""
+    and float32 vs bfloat16 matmuls, side by side (compilation excluded); then the cache's
+    speedup in the paper's setting (ViT-B/16 at 224 px, the quickstart decoder, batch 32).
+    `quick` runs the smoke configuration, its encoder at 224 px for the paper rows (seconds:
+    the machinery, not the figures)."""
     import tempfile
 
     from litlab import config, train
     from litlab.configs import quickstart
 
+    base = quickstart.get_config("smoke" if quick else None)
+    if quick:
+        steps, limit, paper_steps = 3, base.data.limit, 2
+    paper = {"data.resolution": 224, "encoder.path": "", "batch_size": base.batch_size if quick else 32,
+             "encoder.model": base.encoder.model.to_dict() if quick else VIT_B16}
+    runs_ = (("cached_bf16", steps, {"matmul_precision": "bfloat16"}),
+             ("encoder_in_loop_bf16", steps, {"matmul_precision": "bfloat16", "feature_cache": "none"}),
+             ("cached_f32", steps, {"matmul_precision": "float32"}),
+             ("paper_cached_bf16", paper_steps, {**paper, "matmul_precision": "bfloat16"}),
+             ("paper_encoder_in_loop_bf16", paper_steps,
+              {**paper, "matmul_precision": "bfloat16", "feature_cache": "none"}))
     out = {}
-    for name, overrides in (("cached_bf16", {}), ("encoder_in_loop_bf16", {"feature_cache": "none"}),
-                            ("cached_f32", {"matmul_precision": "float32"})):
-        c = config.override(quickstart.get_config(), {
-            "total_steps": steps, "checkpoint_every": steps, "log_every": steps, "data.limit": limit, **overrides})
+    for name, n, overrides in runs_:
+        c = config.override(base, {
+            "total_steps": n, "checkpoint_every": n, "log_every": n, "data.limit": limit, **overrides})
         with tempfile.TemporaryDirectory() as workdir:
             out[f"{name}_steps_per_s"] = train.train(c, workdir, progress=False).steps_per_s
     out["cache_speedup"] = round(out["cached_bf16_steps_per_s"] / out["encoder_in_loop_bf16_steps_per_s"], 2)
+    out["paper_cache_speedup"] = round(
+        out["paper_cached_bf16_steps_per_s"] / out["paper_encoder_in_loop_bf16_steps_per_s"], 2)
     out["bf16_speedup"] = round(out["cached_bf16_steps_per_s"] / out["cached_f32_steps_per_s"], 2)
     return out
 
@@ -131,6 +152,15 @@ def step_flops(*, batch: int, text_len: int, image_tokens: int, image_width: int
         raise ValueError(f"unknown conditioning {conditioning!r}")
     forward = proj + depth * layer + 2 * T * W * V
     return batch * (3 * forward - proj)
+
+
+def config_flops(config, arrays: dict, vocab: int) -> int:
+    """`step_flops` for `config`'s decoder on the batch `train_step_setup` made for it."""
+    batch, n, d = arrays["image_tokens"].shape
+    dec = config.decoder
+    return step_flops(batch=batch, text_len=config.data.max_len - 1, image_tokens=n, image_width=d,
+                      width=dec.width, depth=dec.depth, mlp_dim=dec.mlp_dim, vocab=vocab,
+                      conditioning=dec.conditioning)
 
 
 def _median_spread(times: list[float]) -> dict:
@@ -211,12 +241,8 @@ def bench_mfu(*, quick: bool = False) -> dict:
         cost = cost[0] if isinstance(cost, list) else cost
         state, m = fn(state, batch_arrays, key)  # compile
         jax.block_until_ready(m)
-        n, d = batch_arrays["image_tokens"].shape[1:]
-        flops = step_flops(batch=batch, text_len=c.data.max_len - 1, image_tokens=n, image_width=d,
-                           width=c.decoder.width, depth=c.decoder.depth, mlp_dim=c.decoder.mlp_dim,
-                           vocab=tok_vocab, conditioning=c.decoder.conditioning)
         steps[prec] = {"fn": fn, "state": state, "batch": batch_arrays, "key": key, "times": [],
-                       "flops": flops, "xla_flops": float(cost["flops"]),
+                       "flops": config_flops(c, batch_arrays, tok_vocab), "xla_flops": float(cost["flops"]),
                        "dots": dot_dtypes(compiled.as_text())}
     for _ in range(repeats):  # alternate, so both precisions see the same machine
         for s in steps.values():
@@ -266,20 +292,15 @@ def bench_scaling(*, quick: bool = False) -> dict:
             step, state, arrays = train_step_setup(c, batch, vocab)
             fn = jax.jit(step, donate_argnums=0)
             key_ = jax.random.PRNGKey(0)
-            state, m = fn(state, arrays, key_)
-            jax.block_until_ready(m)
             times = []
-            for _ in range(repeats):
+            for _ in range(repeats + 1):  # the first call compiles
                 t = time.perf_counter()
                 state, m = fn(state, arrays, key_)
                 jax.block_until_ready(m)
                 times.append(time.perf_counter() - t)
-            stat = _median_spread(times)
-            n, d = arrays["image_tokens"].shape[1:]
-            flops = step_flops(batch=batch, text_len=c.data.max_len - 1, image_tokens=n, image_width=d,
-                               width=c.decoder.width, depth=c.decoder.depth, mlp_dim=c.decoder.mlp_dim,
-                               vocab=vocab, conditioning=c.decoder.conditioning)
-            rows.append({"axis": axis, "value": value if axis != "image_tokens" else n,
+            stat = _median_spread(times[1:])
+            flops = config_flops(c, arrays, vocab)
+            rows.append({"axis": axis, "value": value if axis != "image_tokens" else arrays["image_tokens"].shape[1],
                          "step_ms": round(1e3 * stat["median"], 1),
                          "step_ms_p10_p90": [round(1e3 * stat["p10"], 1), round(1e3 * stat["p90"], 1)],
                          "gflops": round(flops / stat["median"] / 1e9, 1)})

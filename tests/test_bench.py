@@ -24,6 +24,7 @@ def test_analytic_step_flops_match_xla(conditioning):
     xla = float((cost[0] if isinstance(cost, list) else cost)["flops"])
     ours = bench.step_flops(batch=B, text_len=L - 1, image_tokens=n, image_width=d, width=64, depth=2,
                             mlp_dim=256, vocab=1000, conditioning=conditioning)
+    assert bench.config_flops(c, batch, 1000) == ours
     assert 0.8 < ours / xla <= 1.0, (ours, xla)
 
 
@@ -93,3 +94,15 @@ def test_scaling_and_memory_suites_write_the_benchmark_doc(tmp_path):
     assert "| cpu | cores |" in text and "## scaling" in text and "## memory" in text
     assert "peak_rss_gb" in text and "| depth | 2 |" in text
     assert (tmp_path / "benchmarks_scaling.svg").read_text().lstrip().startswith("<svg")
+
+
+def test_train_suite_reports_the_cache_speedup_in_both_settings(tmp_path):
+    """Shipped-encoder and paper-setting (ViT-B/16 at 224 px; smoke encoder under --quick) rows,
+    each ratio computed from the rows beside it."""
+    js = tmp_path / "b.json"
+    bench.main(["train", "--quick", "--json", str(js)])
+    t = json.loads(js.read_text())["train"]
+    for name in ("cached_bf16", "encoder_in_loop_bf16", "cached_f32", "paper_cached_bf16", "paper_encoder_in_loop_bf16"):
+        assert t[f"{name}_steps_per_s"] > 0, name
+    assert t["paper_cache_speedup"] == round(t["paper_cached_bf16_steps_per_s"] / t["paper_encoder_in_loop_bf16_steps_per_s"], 2)
+    assert t["cache_speedup"] == round(t["cached_bf16_steps_per_s"] / t["encoder_in_loop_bf16_steps_per_s"], 2)

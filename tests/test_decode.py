@@ -240,6 +240,22 @@ def test_classify_by_scoring_agrees_with_score(conditioning):
     np.testing.assert_allclose(normalized, scores / lengths, rtol=1e-6)
 
 
+def test_classify_by_scoring_keeps_cache_copies_within_max_rows(monkeypatch):
+    """Each (example, candidate) pair scores against its own cache copy; by default no more
+    than max_rows copies are live, however many classes there are (the demo's 9.4 GB peak)."""
+    s = _setup("cross")
+    cands = np.array([[c, 1] for c in range(3, 10)], np.int32)  # 7 one-token classes
+    chunks = []
+    real = decode._classify_fn
+    monkeypatch.setattr(decode, "_classify_fn", lambda model, chunk, pad: chunks.append(chunk) or real(model, chunk, pad))
+    _, all_at_once = decode.classify_by_scoring(s.model, s.params, s.tokens, PREFIX_LEN, cands,
+                                                image_tokens=s.image_tokens, chunk=len(cands))
+    _, bounded = decode.classify_by_scoring(s.model, s.params, s.tokens, PREFIX_LEN, cands,
+                                            image_tokens=s.image_tokens, max_rows=2 * B)
+    assert chunks == [len(cands), 2]
+    np.testing.assert_allclose(bounded, all_at_once, atol=1e-5)
+
+
 def test_images_or_image_tokens_give_the_same_tokens():
     s = _setup("prefix")
     image_tokens = jax.jit(functools.partial(s.model.apply, method="encode"))(
