@@ -329,8 +329,43 @@ def bench_memory(*, quick: bool = False) -> dict:
             "wall_s": round(wall, 1)}
 
 
+def study_phases(results: str | Path) -> dict:
+    """Seconds per phase summed over the runs under RESULTS/runs: setup (model, params, data),
+    features (the frozen-feature cache), compile (the first step less one timed step), train,
+    eval; and each run's compile seconds, to see whether later seeds reuse the compiled step."""
+    records = [json.loads(p.read_text()) for p in sorted(Path(results, "runs").glob("*/result.json"))]
+    phases, compiles = collections.Counter(), []
+    for r in records:
+        t = r["timings"]
+        compiles.append(max(0.0, t["first_step"] - (1 / r["steps_per_s"] if r["steps_per_s"] else 0.0)))
+        phases.update({"setup": t["setup"], "features": t["features"], "compile": compiles[-1],
+                       "train": t["train"] + t["first_step"] - compiles[-1], "eval": t["eval"]})
+    return {"runs": len(records), "phase_s": {k: round(v, 1) for k, v in phases.items()},
+            "compile_s_per_run": [round(c, 2) for c in compiles]}
+
+
+def bench_study(*, name: str = "specificity", quick: bool = False) -> dict:
+    """Where a study's wall time goes (`study_phases`), at the fast setting (`quick`: smoke);
+    `overhead_share` is setup + features + compile over the study's wall time: the part that is
+    neither training nor evaluation. It runs into a fresh results folder, so no run is read back;
+    the disk feature cache and XLA's compilation cache are shared as in any study."""
+    import tempfile
+
+    from litlab import study
+
+    setting = "smoke" if quick else "fast"
+    with tempfile.TemporaryDirectory() as results:
+        t0 = time.perf_counter()
+        study.run(name, setting, results=results, progress=False)
+        wall = time.perf_counter() - t0
+        out = study_phases(results)
+    p = out["phase_s"]
+    return {"study": name, "setting": setting, "wall_s": round(wall, 1), **out,
+            "overhead_share": round((p["setup"] + p["features"] + p["compile"]) / wall, 3)}
+
+
 SUITES = {"pipeline": bench_pipeline, "decode": bench_decode, "train": bench_train, "mfu": bench_mfu,
-          "scaling": bench_scaling, "memory": bench_memory}
+          "scaling": bench_scaling, "memory": bench_memory, "study": bench_study}
 
 
 def machine() -> dict:

@@ -39,6 +39,9 @@ class Run:
     history: list[dict] = dataclasses.field(default_factory=list)
     steps_per_s: float = 0.0
     wall_s: float = 0.0
+    # Seconds per phase: setup (model, params, data), features, first_step (compile + one step),
+    # train (the steps after it), eval: what a study spends besides training.
+    timings: dict = dataclasses.field(default_factory=dict)
     metrics: dict = dataclasses.field(default_factory=dict)  # {evaluator name: {task: {metric: value}}}
 
     @property

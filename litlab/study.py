@@ -142,7 +142,8 @@ def run_one(config, run_dir: Path, splits: tuple[str, ...]) -> dict:
     run = train.train(config, run_dir, evaluators=[evaluate.Evaluator(s, progress=False) for s in splits],
                       progress=False)
     result = {"digest": Path(run_dir).name, "steps": run.step, "wall_s": round(time.perf_counter() - t0, 1),
-              "steps_per_s": run.steps_per_s, "trainable_params": run.trainable_params, "metrics": run.metrics}
+              "steps_per_s": run.steps_per_s, "timings": run.timings, "trainable_params": run.trainable_params,
+              "metrics": run.metrics}
     # Written last and atomically: its presence means the run is complete.
     checkpoints.write_atomic(path, json.dumps(result, indent=2))
     return result

@@ -248,24 +248,33 @@ def train(config, workdir: str | Path, *, evaluators: Sequence = (), progress: b
             print(f"resuming {workdir} from checkpoint step {start}", flush=True)
         start = int(start or 0)
 
+        t_setup = time.perf_counter()
         image_tokens = build_feature_cache(config, model, params, data)
+        t_features = time.perf_counter()
         step_fn = jax.jit(make_train_step(model, tx, frozen, schedule, num_tasks=len(data.tasks),
                                           label_smoothing=config.label_smoothing),
                           in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                           out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
         history = _read_history(workdir, upto=start)
         run = runs.Run(config, workdir, model, None, tok, history=history)
-        state, run.steps_per_s = _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start,
-                                       history, progress, evaluators if config.eval_every else (), run)
+        state, run.steps_per_s, first_step_s = _loop(
+            config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start, history, progress,
+            evaluators if config.eval_every else (), run)
         ckpt.close()
         run.params, run.step = host_params(state.params), int(config.total_steps)
+        t_train = time.perf_counter()
         if jax.process_index() == 0:
             for evaluator in evaluators:
                 run.metrics[evaluator.name] = evaluator(run)
-            run.wall_s = round(time.perf_counter() - t_start, 1)
+            t_end = time.perf_counter()
+            run.wall_s = round(t_end - t_start, 1)
+            run.timings = {k: round(v, 2) for k, v in (
+                ("setup", t_setup - t_start), ("features", t_features - t_setup), ("first_step", first_step_s),
+                ("train", t_train - t_features - first_step_s), ("eval", t_end - t_train))}
             _write_json(workdir / "train_summary.json", {
                 "steps": config.total_steps, "resumed_from": start, "steps_per_s": run.steps_per_s,
-                "wall_s": run.wall_s, "trainable_params": run.trainable_params, "metrics": run.metrics})
+                "wall_s": run.wall_s, "timings": run.timings, "trainable_params": run.trainable_params,
+                "metrics": run.metrics})
         return run
 
 
@@ -313,7 +322,9 @@ def _tb_scalar_metadata() -> bytes:
 
 
 def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start, history, progress,
-          evaluators, run) -> tuple[TrainState, float]:
+          evaluators, run) -> tuple[TrainState, float, float]:
+    """Runs the steps from `start`; returns (state, steps/s after the first step, seconds until
+    the first step finished: its compilation, or the compilation cache's read, plus one step)."""
     import tensorflow as tf
 
     total = config.total_steps
@@ -330,6 +341,7 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
     metrics_path = workdir / "metrics.jsonl" if proc == 0 else None
     prev = None  # (step, metrics) of the previous step, checked one step late to keep dispatch async
     first, t0, timed_from = start, None, start
+    t_loop = time.perf_counter()
 
     def check(step, m):
         loss = float(m["loss"])
@@ -391,9 +403,10 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
     bar.close()
     if writer:
         writer.flush()
-    elapsed = time.perf_counter() - t0 if t0 else 0.0
+    t_end = time.perf_counter()
+    elapsed = t_end - t0 if t0 else 0.0
     sps = (start - timed_from) / elapsed if elapsed > 0 else 0.0
-    return state, round(sps, 3)
+    return state, round(sps, 3), (t0 or t_end) - t_loop
 
 
 def main(argv=None) -> None:

@@ -88,6 +88,21 @@ def test_one_folder_per_resolved_config_and_a_tidy_table(smoke_study):
     pd.testing.assert_frame_equal(study.read(s, "smoke", results=results), table, check_dtype=False)
 
 
+def test_each_run_records_where_its_time_went(smoke_study):
+    """Phase timings (what `litlab.bench study` sums into a study's overhead share) cover each
+    run's wall time."""
+    from litlab import bench
+    _, _, results, _ = smoke_study
+    for path in (results / "runs").glob("*/result.json"):
+        r = json.loads(path.read_text())
+        t = r["timings"]
+        assert set(t) == {"setup", "features", "first_step", "train", "eval"} and min(t.values()) >= 0
+        assert sum(t.values()) <= r["wall_s"] + 0.1
+    phases = bench.study_phases(results)
+    assert phases["runs"] == 6 and len(phases["compile_s_per_run"]) == 6
+    assert set(phases["phase_s"]) == {"setup", "features", "compile", "train", "eval"}
+
+
 def test_a_finished_study_is_read_back_not_trained(smoke_study, monkeypatch):
     s, table, results, _ = smoke_study
     from litlab import train
