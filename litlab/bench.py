@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import collections
 import inspect
+import itertools
 import json
 import re
 import sys
@@ -39,9 +40,10 @@ def bench_pipeline(*, batch_size: int = 256, steps: int = 60, limit: int = 2000,
     return out
 
 
-def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: float = 1.0) -> dict:
+def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: float = 1.0,
+                 precisions=("float32", "bfloat16"), conditionings=("cross", "prefix", "pooled")) -> dict:
     """Greedy decoding throughput (generated tokens/s) with the KV cache and with full
-    recomputation, side by side, per conditioning, after a warm-up compile.
+    recomputation, side by side, per conditioning and matmul precision, after a warm-up compile.
 
     A quickstart-size decoder (depth 2, width 256, 4 heads, MLP 1024, vocab 1000, max_len 48)
     with init weights reads 64 random image tokens of width 192 after prompts of 4-16 tokens.
@@ -52,9 +54,9 @@ def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: floa
     enc = dict(patch_size=(8, 8), width=192, depth=1, mlp_dim=384, num_heads=3)
     rng = np.random.default_rng(0)
     out = {"device": str(jax.devices()[0].device_kind)}
-    for cond in ("cross", "prefix", "pooled"):
+    for cond, prec in itertools.product(conditionings, precisions):
         dec = dict(vocab_size=1000, width=256, depth=2, num_heads=4, mlp_dim=1024, max_len=48,
-                   conditioning=cond)
+                   conditioning=cond, dtype_mm=prec)
         model = lit_decoder.Model(encoder_cfg=enc, decoder_cfg=dec, image_size=(64, 64))
         params = None
         for batch in batch_sizes:
@@ -81,7 +83,7 @@ def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: floa
             row["cached_over_uncached"] = round(
                 row["cached_tokens_per_s"] / row["uncached_tokens_per_s"], 2)
             row["same_tokens"] = bool((tokens[True] == tokens[False]).all())
-            out[f"{cond}_batch{batch}"] = row
+            out[f"{cond}_{prec}_batch{batch}"] = row
     return out
 
 

@@ -106,3 +106,12 @@ def test_train_suite_reports_the_cache_speedup_in_both_settings(tmp_path):
         assert t[f"{name}_steps_per_s"] > 0, name
     assert t["paper_cache_speedup"] == round(t["paper_cached_bf16_steps_per_s"] / t["paper_encoder_in_loop_bf16_steps_per_s"], 2)
     assert t["cache_speedup"] == round(t["cached_bf16_steps_per_s"] / t["encoder_in_loop_bf16_steps_per_s"], 2)
+
+
+def test_decode_suite_compares_cached_and_uncached_decoding_per_precision():
+    out = bench.bench_decode(batch_sizes=(2,), new_tokens=4, min_seconds=0.0, conditionings=("cross",))
+    for prec in ("float32", "bfloat16"):
+        row = out[f"cross_{prec}_batch2"]
+        assert row["cached_tokens_per_s"] > 0 and row["uncached_tokens_per_s"] > 0
+        assert row["cached_over_uncached"] == round(row["cached_tokens_per_s"] / row["uncached_tokens_per_s"], 2)
+    assert out["cross_float32_batch2"]["same_tokens"]  # the KV cache changes nothing in float32
