@@ -20,7 +20,7 @@ def get_config(arg=None):
     c.seed = 0
 
     # Data: a mixture of the embedded tasks; prompts and their specificity are a study axis.
-    c.mixture = "all_uniform"
+    c.mixture = "all_weighted"  # questions and reading at twice the rate of objects and captions
     c.prompt_style = "natural"  # none | token | natural
     c.prompt_shared = False
     # How the question meets the image (the modality-combination axis): in the decoder's prompt,
@@ -46,10 +46,10 @@ def get_config(arg=None):
 
     # Sized so that `make demo` (render, cache, train, evaluate) fits in 15 minutes on 2 CPU cores.
     c.batch_size = 128
-    c.total_steps = 400
+    c.total_steps = 500
     c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", lr=1e-3, b1=0.9, b2=0.98, weight_decay=1e-4, grad_clip_norm=1.0))
-    c.schedule = ml_collections.ConfigDict(dict(name="cosine", warmup_steps=40))  # or rsqrt
+        name="adamw", lr=2e-3, b1=0.9, b2=0.98, weight_decay=1e-4, grad_clip_norm=1.0))
+    c.schedule = ml_collections.ConfigDict(dict(name="cosine", warmup_steps=50))  # or rsqrt
     c.label_smoothing = 0.0
     c.freeze = []  # extra big_vision-style regexes over param names, e.g. "^decoder/embed/"
     c.matmul_precision = "bfloat16"  # bfloat16 inputs with float32 accumulation, or float32
