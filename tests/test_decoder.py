@@ -104,8 +104,8 @@ def test_cache_layout_and_beam_reorder(harness):
     m = 1 if harness.model.conditioning == "pooled" else N
     assert len(cache["layers"]) == CFG["depth"]
     for layer in cache["layers"]:
-        assert layer["k"].shape == (B, h, dh, MAX_LEN) and layer["v"].shape == (B, h, MAX_LEN, dh)
-        assert layer["mk"].shape == (B, h, dh, m) and layer["mv"].shape == (B, h, m, dh)
+        assert layer["k"].shape == layer["v"].shape == (B, MAX_LEN, h, dh)
+        assert layer["mk"].shape == layer["mv"].shape == (B, m, h, dh)
     assert all(x.shape[0] == B for x in jax.tree.leaves(cache))
     assert cache["pos"].dtype == jnp.int32
     # extend returns a cache of identical structure, shapes and dtypes: a valid while_loop carry.
@@ -304,7 +304,7 @@ def test_question_memory_cached_decoding_matches_teacher_forcing_and_ignores_pad
     want = np.concatenate([np.ones((B, m), bool), _widen(q) != 0], axis=1)
     np.testing.assert_array_equal(cache["mem_mask"], want)
     for layer in cache["layers"]:
-        assert layer["mk"].shape == (B, heads, dh, m + Q_LEN) and layer["mv"].shape == (B, heads, m + Q_LEN, dh)
+        assert layer["mk"].shape == layer["mv"].shape == (B, m + Q_LEN, heads, dh)
     assert all(x.shape[0] == B for x in jax.tree.leaves(cache))
     # A beam search reorders every leaf, the mask included; decoding follows the rows.
     order = np.array([2, 0, 0])

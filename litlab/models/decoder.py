@@ -73,10 +73,10 @@ beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
                           ("mk"/"mv" below) are visible; False exactly at
                           padded question slots. Shared by all layers.
     "layers": tuple over depth of {
-        "k":  [B, H, Dh, S], "v": [B, H, S, Dh]  text self-attention keys
-                                   and values. Slot t holds position t; slots
-                                   >= pos are stale and masked out.
-        "mk": [B, H, Dh, M], "mv": [B, H, M, Dh]  image keys/values, computed once in
+        "k", "v":   [B, S, H, Dh]  text self-attention keys/values. Slot t
+                                   holds position t; slots >= pos are stale
+                                   and masked out.
+        "mk", "mv": [B, M, H, Dh]  image keys/values, computed once in
                                    `prefill`: cross-attention K/V ('cross':
                                    M=N, 'pooled': M=1) or the image prefix's
                                    self-attention K/V ('prefix': M=N). With
@@ -85,10 +85,7 @@ beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
     }}
 
 S is `cache_len` (default max_len); H = num_heads, Dh = width // num_heads;
-K/V are stored in `dtype_mm`, each in the layout its product reads (keys with
-Dh before the key axis, values after it), so a decode step never transposes
-the cache: in [B, S, H, Dh] XLA copied all four cache tensors of every layer
-at every step. Two module methods, both deterministic:
+K/V are stored in `dtype_mm`. Two module methods, both deterministic:
 
   logits, cache = model.apply(params, image_tokens, tokens, lengths,
                               cache_len=S, method=Model.prefill)
@@ -136,22 +133,22 @@ def _dense(features, dtype_mm, axis=-1):
 def _attend(q, segments, dtype_mm):
     """Softmax attention of q [B, Tq, H, Dh] over the concatenation of key segments.
 
-    Each segment is (k, v, mask) with k [B, H, Dh, Tk], v [B, H, Tk, Dh] (see
-    `Attention.key_value`) and mask bool [B, Tq, Tk] (or None = all visible). Splitting keys into segments lets a
+    Each segment is (k, v, mask) with k, v [B, Tk, H, Dh] and mask bool
+    [B, Tq, Tk] (or None = all visible). Splitting keys into segments lets a
     decode step attend jointly to cached image K/V and the text cache
     without copying them into one buffer. Returns [B, Tq, H, Dh] float32.
     """
     q = q * q.shape[-1] ** -0.5
     logits = []
-    for k, _, mask in segments:  # "bqhd,bhdk->bhqk"
-        s = matmul.dot_general(q, k, (((3,), (2,)), ((0, 2), (0, 1))), dtype_mm)
+    for k, _, mask in segments:  # "bqhd,bkhd->bhqk"
+        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, 2))), dtype_mm)
         logits.append(s if mask is None else jnp.where(mask[:, None], s, _NEG_INF))
     probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
     out, start = 0.0, 0
-    for k, v, _ in segments:  # "bhqk,bhkd->bhqd"
-        p = probs[..., start:start + k.shape[3]]
-        out = out + matmul.dot_general(p, v, (((3,), (2,)), ((0, 1), (0, 1))), dtype_mm)
-        start += k.shape[3]
+    for k, v, _ in segments:  # "bhqk,bkhd->bhqd"
+        p = probs[..., start:start + k.shape[1]]
+        out = out + matmul.dot_general(p, v, (((3,), (1,)), ((0, 1), (0, 2))), dtype_mm)
+        start += k.shape[1]
     return out.transpose(0, 2, 1, 3)
 
 
@@ -171,9 +168,7 @@ class Attention(nn.Module):
         self.out = _dense(self.width, self.dtype_mm, axis=(-2, -1))
 
     def key_value(self, x):
-        """Keys [B, H, Dh, T] and values [B, H, T, Dh]: the layouts `_attend`'s products read."""
-        k, v = self.key(x).astype(self.dtype_mm), self.value(x).astype(self.dtype_mm)
-        return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+        return self.key(x).astype(self.dtype_mm), self.value(x).astype(self.dtype_mm)
 
     def __call__(self, x, segments):
         return self.out(_attend(self.query(x), segments, self.dtype_mm))
@@ -225,8 +220,8 @@ class Block(nn.Module):
         y = self.ln_sa(x)
         k, v = self.sa.key_value(y)
         rows = jnp.arange(x.shape[0])
-        layer = {**layer, "k": layer["k"].at[rows, :, :, pos].set(k[..., 0], mode="drop"),
-                 "v": layer["v"].at[rows, :, pos].set(v[:, :, 0], mode="drop")}
+        layer = {**layer, "k": layer["k"].at[rows, pos].set(k[:, 0], mode="drop"),
+                 "v": layer["v"].at[rows, pos].set(v[:, 0], mode="drop")}
         segments = [(layer["k"], layer["v"], mask)]
         if not self.cross:  # prefix-LM: the image K/V are the first keys of self-attention.
             segments.insert(0, (layer["mk"], layer["mv"], mem_mask))
@@ -383,14 +378,13 @@ class Model(nn.Module):
         lengths = jnp.asarray(lengths, jnp.int32)
         h, layers, mem_valid = self._forward(image_tokens, tokens, lengths, question_tokens, True)
         last = h[jnp.arange(h.shape[0]), lengths - 1]
-        extra = cache_len - tokens.shape[1]
+        pad = [(0, 0), (0, cache_len - tokens.shape[1]), (0, 0), (0, 0)]
         cache_layers = []
         for kv in layers:
             if self.conditioning == "prefix":  # Split the image part off the joint sequence.
-                m = kv["k"].shape[3] - tokens.shape[1]
-                kv = {"mk": kv["k"][..., :m], "mv": kv["v"][:, :, :m], "k": kv["k"][..., m:], "v": kv["v"][:, :, m:]}
-            cache_layers.append({**kv, "k": jnp.pad(kv["k"], [(0, 0)] * 3 + [(0, extra)]),
-                                 "v": jnp.pad(kv["v"], [(0, 0), (0, 0), (0, extra), (0, 0)])})
+                m = kv["k"].shape[1] - tokens.shape[1]
+                kv = {"mk": kv["k"][:, :m], "mv": kv["v"][:, :m], "k": kv["k"][:, m:], "v": kv["v"][:, m:]}
+            cache_layers.append({**kv, "k": jnp.pad(kv["k"], pad), "v": jnp.pad(kv["v"], pad)})
         cache = {"pos": lengths, "layers": tuple(cache_layers)}
         if mem_valid is not None:
             cache["mem_mask"] = mem_valid
@@ -404,7 +398,7 @@ class Model(nn.Module):
         pos = cache["pos"]
         mem_mask = cache["mem_mask"][:, None, :] if self.question_len else None
         x = self._embed(jnp.asarray(token)[:, None], pos[:, None], True)
-        slots = cache["layers"][0]["k"].shape[3]
+        slots = cache["layers"][0]["k"].shape[1]
         mask = (jnp.arange(slots)[None, :] <= pos[:, None])[:, None, :]
         layers = []
         for block, layer in zip(self.blocks, cache["layers"]):
