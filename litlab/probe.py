@@ -7,10 +7,14 @@ The decoder only ever sees frozen encoder tokens, so the probes check the thing 
 * reading (`--reading`): a linear CTC reader over the token columns (`litlab.reading`) is
   trained on the words train split and reads the test split and the held-out words of the
   compositional split (character accuracy and exact words).
+* existence (`--existence`): a per-token linear classifier of the color-shape pair each token
+  lies on, trained on the scenes train split; "is there a red circle?" is then answered by the
+  max over tokens, scored as balanced accuracy on the test split: what the decoder's yes/no
+  questions need, read without a decoder.
 
 Each is reported next to the same architecture at random init, which shows what pretraining bought.
 
-    python -m litlab.probe --encoder data/encoder/vit_pretrained.npz [--reading] [--config file.py[:arg]]
+    python -m litlab.probe --encoder data/encoder/vit_pretrained.npz [--reading | --existence] [--config file.py[:arg]]
 """
 
 from __future__ import annotations
@@ -139,6 +143,61 @@ def reading_probe(encode, side: int, *, resolution: int = 64, train_limit: int |
     return out
 
 
+def _balanced_accuracy(present: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over labels (columns) with both outcomes in `truth` of (recall on yes + recall on no) / 2:
+    chance is 0.5 whatever the base rates, as in the benchmark's balanced yes/no questions."""
+    accs = [(present[truth[:, j], j].mean() + (~present[~truth[:, j], j]).mean()) / 2
+            for j in range(truth.shape[1]) if 0 < truth[:, j].sum() < len(truth)]
+    return float(np.mean(accs))
+
+
+def existence_probe(encode, patch: int, *, resolution: int = 64, train_limit: int | None = 4000,
+                    test_limit: int | None = 1000, seed: int = 0, steps: int = 600, lr: float = 1e-2,
+                    l2: float = 1e-5) -> dict:
+    """Whether frozen tokens answer "is there a <color> <shape>?" and "are there any <shape>s?".
+
+    A softmax regression labels each token with the color-shape pair of the object whose box holds
+    it (or none), trained on the scenes train split (seed `seed`); an image has a pair when some
+    token gives it probability > 0.5 (a shape: any of its pairs). Reports per-token top-1 and the
+    balanced accuracy of both answers on the test split, whose pairs are all seen in train (held-out
+    pairs live in the compositional split). `encode` maps uint8 images [n, R, R, 3] to row-major
+    tokens [n, (R/patch)^2, D].
+    """
+    from litlab.pretrain import patch_objects
+
+    data = {}
+    for split, limit in (("train", train_limit), ("test", test_limit)):
+        images, records = tasks.read_records("scenes", split, seed=seed, resolution=resolution, limit=limit)
+        data[split] = (np.asarray(encode(images), np.float32), [r["objects"] for r in records])
+    pairs = sorted({(o["color"], o["shape"]) for objects in data["train"][1] for o in objects})
+    index = {p: i + 1 for i, p in enumerate(pairs)}  # 0: no object
+
+    def token_labels(all_objects):
+        return np.stack([np.array([0] + [index.get((o["color"], o["shape"]), -1) for o in objects])[
+            patch_objects(objects, resolution, patch)] for objects in all_objects])
+
+    x_train, objects = data["train"]
+    mu, sd = x_train.mean((0, 1)), x_train.std((0, 1)) + 1e-6
+    standard = lambda x: ((x - mu) / sd).reshape(-1, x.shape[-1])
+    w, b = fit_softmax(standard(x_train), token_labels(objects).reshape(-1), len(pairs) + 1, steps=steps, lr=lr, l2=l2)
+    x_test, objects = data["test"]
+    logits = np.asarray(standard(x_test) @ w + b).reshape(len(x_test), -1, len(pairs) + 1)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = probs / probs.sum(-1, keepdims=True)
+    labels = token_labels(objects)
+    pair_score = probs[..., 1:].max(1)  # [images, pairs]
+    truth = np.array([[p in {(o["color"], o["shape"]) for o in objs} for p in pairs] for objs in objects])
+    shapes = sorted({s for _, s in pairs})
+    of_shape = [[i for i, (_, s) in enumerate(pairs) if s == shape] for shape in shapes]
+    shape_score = np.stack([pair_score[:, cols].max(1) for cols in of_shape], 1)
+    shape_truth = np.stack([truth[:, cols].any(1) for cols in of_shape], 1)
+    known = labels >= 0
+    return {"n_train": len(x_train), "n_test": len(x_test), "pairs": len(pairs), "steps": steps,
+            "token_top1": float((logits.argmax(-1) == labels)[known].mean()),
+            "color_shape_present": _balanced_accuracy(pair_score > 0.5, truth),
+            "shape_present": _balanced_accuracy(shape_score > 0.5, shape_truth)}
+
+
 def main(argv=None) -> None:
     from absl import flags
     from ml_collections import config_flags
@@ -153,7 +212,11 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("random_seed", 0, "init seed of the random-init baseline", flag_values=fv)
     flags.DEFINE_bool("reading", False, "run the reading probe (words) instead of the objects_cls one",
                       flag_values=fv)
+    flags.DEFINE_bool("existence", False, "run the existence probe (scenes) instead of the objects_cls one",
+                      flag_values=fv)
     fv(argv)
+    if fv.reading and fv.existence:
+        raise SystemExit("error: --reading and --existence are separate probes; pass one of them.")
 
     model_cfg = fv.config.model
     res = fv.config.data.resolution
@@ -162,9 +225,13 @@ def main(argv=None) -> None:
     if fv.reading:
         side = res // model_cfg.patch_size[1]
         probe = lambda p: reading_probe(lambda x: features(p, model_cfg, x, pool=False), side, resolution=res)
+    elif fv.existence:
+        probe = lambda p: existence_probe(lambda x: features(p, model_cfg, x, pool=False),
+                                          model_cfg.patch_size[0], resolution=res)
     else:
         probe = lambda p: linear_probe(p, model_cfg, train_limit=fv.train_limit, test_limit=fv.test_limit)
-    report = {"encoder": os.fspath(fv.encoder), "probe": "reading" if fv.reading else "objects_cls",
+    name = "reading" if fv.reading else "existence" if fv.existence else "objects_cls"
+    report = {"encoder": os.fspath(fv.encoder), "probe": name,
               "pretrained": probe(pretrained), "random_init": probe(init["params"])}
     print(json.dumps(report, indent=1))
 

@@ -11,7 +11,7 @@ import pytest
 
 from litlab import pretrain, probe, reading
 from litlab.configs import pretrain_encoder
-from litlab.data import scenes
+from litlab.data import scenes, tasks
 from litlab.models import vit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,3 +238,34 @@ def test_a_killed_run_resumes_to_the_same_encoder(smoke_run, tmp_path, monkeypat
     other.lr = 1e-3
     with pytest.raises(ValueError, match="another config"):
         pretrain.train(other, workdir=tmp_path / "run", out="", progress=False)
+
+
+def _pair_oracle(objects_of, resolution=64, patch=8):
+    """An 'encoder' whose tokens are the one-hot color-shape pair under each token: existence is
+    then exactly readable."""
+    from litlab.data.language import COLORS, SHAPES
+    combos = [(c, s) for c in COLORS for s in SHAPES]
+
+    def encode(images):
+        out = []
+        for img in images:
+            objects = objects_of[img.tobytes()]
+            owner = pretrain.patch_objects(objects, resolution, patch)
+            ids = np.array([0] + [1 + combos.index((o["color"], o["shape"])) for o in objects])[owner]
+            out.append(np.eye(len(combos) + 1, dtype=np.float32)[ids])
+        return np.stack(out)
+    return encode
+
+
+def test_existence_probe_answers_from_tokens_that_say_it_and_not_from_noise():
+    objects_of = {}
+    for split, n in (("train", 300), ("test", 100)):
+        images, records = tasks.read_records("scenes", split, seed=0, resolution=64, limit=n)
+        objects_of.update({img.tobytes(): r["objects"] for img, r in zip(images, records)})
+    kw = dict(train_limit=300, test_limit=100, steps=300)
+    res = probe.existence_probe(_pair_oracle(objects_of), 8, **kw)
+    assert res["n_train"] == 300 and res["n_test"] == 100
+    assert res["token_top1"] > 0.95 and res["color_shape_present"] > 0.9 and res["shape_present"] > 0.9, res
+    noise = lambda images: np.random.default_rng(len(images)).normal(size=(len(images), 64, 16)).astype(np.float32)
+    res = probe.existence_probe(noise, 8, **kw)
+    assert abs(res["color_shape_present"] - 0.5) < 0.1 and abs(res["shape_present"] - 0.5) < 0.1, res
