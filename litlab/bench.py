@@ -315,7 +315,7 @@ def bench_memory(*, quick: bool = False) -> dict:
     """Peak resident memory (max RSS) of a quickstart-sized training run with its evaluation, in
     a fresh process: the figure that decides whether a study fits a Colab session. `quick` runs
     the smoke configuration."""
-    import resource
+    import os
     import subprocess
     import tempfile
 
@@ -323,13 +323,18 @@ def bench_memory(*, quick: bool = False) -> dict:
 
     cfg = f"{runs.ROOT / 'litlab/configs/quickstart.py'}{':smoke' if quick else ''}"
     steps = 4 if quick else 50
-    with tempfile.TemporaryDirectory() as workdir:
+    with tempfile.TemporaryDirectory() as workdir, tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "litlab.train", "--config", cfg, "--workdir", workdir,
-                        f"--config.total_steps={steps}"], check=True, capture_output=True)
+        proc = subprocess.Popen([sys.executable, "-m", "litlab.train", "--config", cfg, "--workdir", workdir,
+                                 f"--config.total_steps={steps}"], stdout=log, stderr=subprocess.STDOUT)
+        # wait4 reports this child's own peak; RUSAGE_CHILDREN would be the largest child ever reaped.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
-    kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux reports KiB
-    return {"config": Path(cfg).name, "total_steps": steps, "peak_rss_gb": round(kib / 2 ** 20, 2),
+        if proc.returncode:
+            log.seek(0)
+            raise RuntimeError(f"memory suite: the training run failed:\n{log.read().decode()[-2000:]}")
+    return {"config": Path(cfg).name, "total_steps": steps, "peak_rss_gb": round(usage.ru_maxrss / 2 ** 20, 2),
             "wall_s": round(wall, 1)}
 
 

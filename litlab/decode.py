@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from litlab.models import decoder
+from litlab.models import decoder, lit_decoder
 
 METHOD_HELP = "'greedy', 'beam:<size>[,alpha=A][,n=N]' or 'sample[:t=T][,k=K][,p=P]'"
 _OPTIONS = {  # option name in the method string -> (Method field, type)
@@ -105,22 +105,6 @@ def _number(kind, text, what, spec):
     except ValueError:
         raise ValueError(f"{what} must be {'an integer' if kind is int else 'a number'}, "
                          f"got {text!r} in {spec!r}") from None
-
-
-class _ByConfig:
-    """Hashes a Flax module by its config (its repr), so equal models share compiled functions.
-
-    Linen modules with dict fields (lit_decoder.Model) are not hashable themselves.
-    """
-
-    def __init__(self, module):
-        self.module, self.key = module, repr(module)
-
-    def __hash__(self):
-        return hash(self.key)
-
-    def __eq__(self, other):
-        return isinstance(other, _ByConfig) and other.key == self.key
 
 
 def _decoder_cfg(model) -> decoder.Model:
@@ -333,7 +317,7 @@ def _beam_search(k, n, knobs, extend, logits, state, max_new):
 
 
 @functools.lru_cache(maxsize=64)
-def _decode_fn(model: _ByConfig, name: str, beam_size: int, n_best: int, max_new: int,
+def _decode_fn(model: lit_decoder.ByConfig, name: str, beam_size: int, n_best: int, max_new: int,
                use_cache: bool):
     """The jitted decoder for one model config and loop structure; jax.jit then keys it on
     shapes. Everything else (temperature, cuts, alpha, eos/pad ids) is traced: no recompiles."""
@@ -386,13 +370,13 @@ def generate(model, params, tokens, prefix_len, *, images=None, image_tokens=Non
     knobs = {"temperature": jnp.float32(m.temperature), "top_p": jnp.float32(m.top_p),
              "top_k": jnp.int32(min(m.top_k, cfg.vocab_size)), "alpha": jnp.float32(m.alpha),
              "eos_id": jnp.int32(-1 if eos_id is None else eos_id), "pad_id": jnp.int32(pad_id)}
-    fn = _decode_fn(_ByConfig(model), m.name, m.beam_size, m.n_best, max_new_tokens, use_cache)
+    fn = _decode_fn(lit_decoder.ByConfig(model), m.name, m.beam_size, m.n_best, max_new_tokens, use_cache)
     return fn(params, block, lengths, images, image_tokens, question_tokens, knobs,
               rng if m.name == "sample" else None)
 
 
 @functools.lru_cache(maxsize=64)
-def _score_fn(model: _ByConfig):
+def _score_fn(model: lit_decoder.ByConfig):
     mdl = model.module
 
     def run(params, tokens, prefix_len, loss_mask, images, image_tokens, question_tokens):
@@ -428,14 +412,14 @@ def score(model, params, tokens, prefix_len, loss_mask, *, images=None, image_to
         raise ValueError(f"prefix_len must be [B] = [{shape[0]}], got shape {np.shape(prefix_len)}")
     question_tokens = _question(_decoder_cfg(model), question_tokens, shape[0])
     loss_mask = jnp.asarray(loss_mask, jnp.float32)
-    total = _score_fn(_ByConfig(model))(params, jnp.asarray(tokens, jnp.int32),
+    total = _score_fn(lit_decoder.ByConfig(model))(params, jnp.asarray(tokens, jnp.int32),
                                         jnp.asarray(prefix_len, jnp.int32), loss_mask, images,
                                         image_tokens, question_tokens)
     return total / jnp.maximum(loss_mask[:, 1:].sum(1), 1.0) if normalize else total
 
 
 @functools.lru_cache(maxsize=64)
-def _classify_fn(model: _ByConfig, chunk: int, pad_id: int):
+def _classify_fn(model: lit_decoder.ByConfig, chunk: int, pad_id: int):
     """Prefills each prompt once, then teacher-forces the candidates through the KV cache.
 
     The cache (image K/V included) is repeated `chunk` times along the batch and each candidate
@@ -483,12 +467,13 @@ def classify_by_scoring(model, params, prompt_tokens, prefix_len, candidate_toke
 
     prompt_tokens [B, P] (BOS prompt SEP, right-padded; prefix_len [B]) and candidate_tokens
     [C, Lc] (each a class name's target ids and EOS, right-padded with pad_id); question_tokens
-    [B, Q] (pad 0) iff the decoder has question_len > 0. The image part
-    and the prompt are computed once per image; `chunk` candidates are scored at a time, each
-    against its own copy of the cache, so B * chunk copies are live at once. By default chunk
-    keeps that within `max_rows`: all 162 classes of a 256-image batch at once held 16,384
-    copies of the image K/V, and made `make demo` peak at 9.4 GB. Returns (best index [B], scores [B, C]) where scores[b, c] is
-    what `score` gives the sequence prompt b + candidate c (normalize=True: per token).
+    [B, Q] (pad 0) iff the decoder has question_len > 0. The image part and the prompt are
+    computed once per image; `chunk` candidates are scored at a time, each against its own copy
+    of the cache, so B * chunk copies are live at once. By default chunk keeps that within
+    `max_rows`: all 162 classes of a 256-image batch at once held 16,384 copies of the image K/V
+    and made `make demo` peak at 9.4 GB. Returns (best index [B], scores [B, C]) where
+    scores[b, c] is what `score` gives the sequence prompt b + candidate c (normalize=True: per
+    token).
     """
     _check_images(images, image_tokens)
     cands = np.asarray(candidate_tokens)
@@ -507,7 +492,7 @@ def classify_by_scoring(model, params, prompt_tokens, prefix_len, candidate_toke
     chunk = max(1, min(chunk or max_rows // block.shape[0], n))
     padded = np.full((-(-n // chunk) * chunk, cands.shape[1]), pad_id, np.int32)
     padded[:n] = cands
-    fn = _classify_fn(_ByConfig(model), chunk, pad_id)
+    fn = _classify_fn(lit_decoder.ByConfig(model), chunk, pad_id)
     scores = fn(params, block, lengths, jnp.asarray(padded), images, image_tokens,
                 question_tokens)[:, :n]
     if normalize:

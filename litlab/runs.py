@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -104,24 +105,29 @@ def _model_inputs(model: lit_decoder.Model, config) -> dict:
                 image_tokens=jnp.zeros((1, n, d)), **extra)
 
 
+@functools.lru_cache(maxsize=16)
+def _init_fn(module: lit_decoder.ByConfig):
+    """module.init(rng, **inputs), jitted once per module config: a study's runs share its trace."""
+    return jax.jit(lambda rng, inputs: module.module.init(rng, **inputs))
+
+
 def init_params(model: lit_decoder.Model, config) -> dict:
     """Decoder params from init; encoder params from the checkpoint (only their shapes are
     traced, never a random init that would be thrown away) or a random init without one."""
     r = config.data.resolution
     rng = jax.random.PRNGKey(config.seed)
-    x = _model_inputs(model, config)
-    params = dict(jax.jit(lambda k, a: model.init(k, **a))(rng, x)["params"])
-    encoder = vit.Model(**model.encoder_cfg)
+    params = dict(_init_fn(lit_decoder.ByConfig(model))(rng, _model_inputs(model, config))["params"])
+    init_encoder = _init_fn(lit_decoder.ByConfig(vit.Model(**model.encoder_cfg)))
     images = jnp.zeros((1, r, r, 3))
     if not config.encoder.path:
-        params["img"] = jax.jit(encoder.init)(jax.random.PRNGKey(config.encoder.seed), images)["params"]
+        params["img"] = init_encoder(jax.random.PRNGKey(config.encoder.seed), {"image": images})["params"]
         return params
     path = resolve_path(config.encoder.path)
     if not path.exists():
         raise FileNotFoundError(f"encoder checkpoint {path} (config.encoder.path) not found; rebuild "
                                 "it with `python -m litlab.pretrain` or point to a big_vision ViT .npz.")
     try:
-        params["img"] = vit.load(jax.eval_shape(encoder.init, rng, images)["params"], str(path),
+        params["img"] = vit.load(init_encoder.eval_shape(rng, {"image": images})["params"], str(path),
                                  dict(config.encoder.model))
     except ValueError as e:
         raise ValueError(f"config.encoder.path: {e}") from None

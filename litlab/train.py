@@ -13,6 +13,7 @@ refused (or, with --overwrite, the old run is moved aside), so two experiments n
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import json
@@ -128,6 +129,27 @@ def make_train_step(model, tx, frozen, schedule, *, num_tasks: int, label_smooth
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return step
+
+
+# This process's jitted train steps, by everything their program depends on: a study's runs that
+# differ only in seed, data, prompts or bookkeeping share one trace (and one compilation).
+_STEPS: collections.OrderedDict = collections.OrderedDict()
+_NOT_IN_STEP = ("seed", "data.seed", "data.limit", "mixture", "prompt_style", "prompt_shared", "feature_cache",
+                "encoder.path", "encoder.seed", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
+
+
+def _jitted_step(config, model, *, num_tasks: int, make):
+    """The step `make()` builds, or the one an earlier run with an equal program built. Config keys
+    not listed in _NOT_IN_STEP (or under eval.) are part of the key, so a missing entry there
+    costs a retrace, never a wrong program. The seed is an argument of the step, not a constant."""
+    program = {k: v for k, v in config_lib.flat(config).items() if k not in _NOT_IN_STEP and not k.startswith("eval.")}
+    key = (json.dumps(program, sort_keys=True, default=repr), repr(model), num_tasks)
+    if key not in _STEPS:
+        _STEPS[key] = make()
+        while len(_STEPS) > 4:
+            _STEPS.popitem(last=False)
+    _STEPS.move_to_end(key)
+    return _STEPS[key]
 
 
 def build_feature_cache(config, model, params, data) -> np.ndarray | None:
@@ -251,10 +273,11 @@ def train(config, workdir: str | Path, *, evaluators: Sequence = (), progress: b
         t_setup = time.perf_counter()
         image_tokens = build_feature_cache(config, model, params, data)
         t_features = time.perf_counter()
-        step_fn = jax.jit(make_train_step(model, tx, frozen, schedule, num_tasks=len(data.tasks),
-                                          label_smoothing=config.label_smoothing),
-                          in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                          out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+        step_fn = _jitted_step(config, model, num_tasks=len(data.tasks), make=lambda: jax.jit(
+            make_train_step(model, tx, frozen, schedule, num_tasks=len(data.tasks),
+                            label_smoothing=config.label_smoothing),
+            in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+            out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0))
         history = _read_history(workdir, upto=start)
         run = runs.Run(config, workdir, model, None, tok, history=history)
         state, run.steps_per_s, first_step_s = _loop(

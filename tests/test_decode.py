@@ -272,7 +272,7 @@ def test_repeated_calls_reuse_the_compiled_decoder():
     for spec, prompts in (("sample:t=0.7", s.tokens), ("sample:t=1.3,k=5,p=0.9", s.tokens[::-1])):
         decode.generate(s.model, s.params, prompts, PREFIX_LEN[::-1], image_tokens=s.image_tokens,
                         method=spec, max_new_tokens=T, rng=key)
-    fn = decode._decode_fn(decode._ByConfig(s.model), "sample", 1, 1, T, True)
+    fn = decode._decode_fn(lit_decoder.ByConfig(s.model), "sample", 1, 1, T, True)
     assert fn._cache_size() == 1
 
 
@@ -383,7 +383,7 @@ def test_question_memory_greedy_beam_scoring_and_classification():
     wide_tokens, wide_scores = gen(question_tokens=wide)
     np.testing.assert_array_equal(wide_tokens, tokens)
     np.testing.assert_allclose(wide_scores, scores, atol=1e-5)
-    fn = decode._decode_fn(decode._ByConfig(s.model), "greedy", 1, 1, T, True)
+    fn = decode._decode_fn(lit_decoder.ByConfig(s.model), "greedy", 1, 1, T, True)
     assert fn._cache_size() == 1
     # The question matters.
     _, other_scores = gen(question_tokens=s.questions[::-1])

@@ -183,6 +183,22 @@ def test_determinism_same_config_same_losses(reference_run, tmp_path):
     assert [r["loss"] for r in again.history] == [r["loss"] for r in reference_run[0].history]
 
 
+def test_runs_that_differ_only_in_seed_or_prompts_share_one_traced_step(reference_run, tmp_path, monkeypatch):
+    """A study's seeds and prompt arms reuse the reference run's jitted step (no retrace), with
+    the same result as a freshly traced step; another learning rate is another program."""
+    built = []
+    make = train.make_train_step
+    monkeypatch.setattr(train, "make_train_step", lambda *a, **k: built.append(1) or make(*a, **k))
+    shared = train.train(smoke(seed=5, prompt_style="token"), tmp_path / "shared", progress=False)
+    assert built == []
+    monkeypatch.setattr(train, "_STEPS", type(train._STEPS)())
+    fresh = train.train(smoke(seed=5, prompt_style="token"), tmp_path / "fresh", progress=False)
+    assert built == [1]
+    assert [r["loss"] for r in shared.history] == [r["loss"] for r in fresh.history]
+    train.train(smoke(**{"optimizer.lr": 1e-4}), tmp_path / "lr", progress=False)
+    assert built == [1, 1]
+
+
 def test_corrupt_latest_checkpoint_of_a_finished_run_is_set_aside_and_training_goes_on(reference_run, tmp_path):
     import shutil
     workdir = tmp_path / "w"

@@ -39,6 +39,23 @@ import jax.numpy as jnp
 from litlab.models import decoder, vit
 
 
+_TOKEN_SHAPES: dict[tuple, tuple[int, int]] = {}
+
+
+class ByConfig:
+    """Hashes a Flax module by its config (its repr), so that equal models share compiled
+    functions across runs. Linen modules with dict fields (this Model) are not hashable."""
+
+    def __init__(self, module):
+        self.module, self.key = module, repr(module)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, ByConfig) and other.key == self.key
+
+
 class Model(nn.Module):
     """Encoder `img` = vit.Model(**encoder_cfg), decoder `decoder` = decoder.Model(**decoder_cfg)."""
 
@@ -55,13 +72,17 @@ class Model(nn.Module):
         self.decoder = decoder.Model(**self.decoder_cfg)
 
     def token_shape(self) -> tuple[int, int]:
-        """(N, D_enc) of the image tokens that `encode` returns for `image_size` images."""
+        """(N, D_enc) of the image tokens that `encode` returns for `image_size` images. Traced
+        once per encoder config and size: every run, evaluation and train-step trace asks."""
         h, w = self.image_size
-        # An unbound copy (parent=None), so that shape inference adds no submodule.
-        enc = vit.Model(**self.encoder_cfg, parent=None)
-        out = jax.eval_shape(lambda: enc.init_with_output(
-            jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3), jnp.float32))[0][1]["encoded"])
-        return tuple(out.shape[1:])
+        key = (repr(sorted(self.encoder_cfg.items())), h, w)
+        if key not in _TOKEN_SHAPES:
+            # An unbound copy (parent=None), so that shape inference adds no submodule.
+            enc = vit.Model(**self.encoder_cfg, parent=None)
+            out = jax.eval_shape(lambda: enc.init_with_output(
+                jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3), jnp.float32))[0][1]["encoded"])
+            _TOKEN_SHAPES[key] = tuple(out.shape[1:])
+        return _TOKEN_SHAPES[key]
 
     def encode(self, images, *, train=False):
         """Image tokens [B, N, D_enc] (the encoder's `encoded` output), e.g. to cache them."""
