@@ -373,8 +373,109 @@ def bench_study(*, name: str = "specificity", quick: bool = False) -> dict:
             "overhead_share": round((p["setup"] + p["features"] + p["compile"]) / wall, 3)}
 
 
+def _big_vision_cappa_step(config, batch: int, vocab: int, checkout: Path):
+    """(jitted step, state, batch) of big_vision's own CapPa text decoder (`cappa.Decoder`,
+    imported from the checkout) at `config`'s decoder dims, with litlab's loss (mean
+    cross-entropy over the target tokens) and optimizer on the same cached image tokens, which
+    its cross-attention reads at their own width."""
+    import importlib
+
+    import flax.linen as nn
+    import optax
+
+    from litlab import train
+
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    cappa = importlib.import_module("big_vision.models.proj.cappa.cappa")
+    d, L = config.decoder, config.data.max_len - 1
+
+    class CapPaDecoder(nn.Module):
+        @nn.compact
+        def __call__(self, image_tokens, targets):
+            pos = self.param("pos_embedding_decoder", nn.initializers.normal(0.02), (1, L, d.width))
+            return cappa.Decoder(emb_dim=d.width, mlp_dim=d.mlp_dim, num_heads=d.num_heads, num_layers=d.depth,
+                                 output_vocab_size=vocab)(image_tokens, targets, pos,
+                                                          decoder_mask=nn.make_causal_mask(targets))
+
+    _, state, arrays = train_step_setup(config, batch, vocab)
+    model = CapPaDecoder()
+    params = model.init(jax.random.PRNGKey(0), arrays["image_tokens"][:1], arrays["tokens"][:1, 1:])["params"]
+    schedule = train.make_schedule(config)
+    o = config.optimizer
+    decay = jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key == "kernel", params)
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm) if o.grad_clip_norm else optax.identity(),
+                     optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay))
+
+    def step(state, batch):
+        params, opt_state = state
+        targets, mask = batch["tokens"][:, 1:], batch["loss_mask"][:, 1:]
+
+        def loss_fn(p):  # cappa.Decoder shifts the targets right itself
+            logits = model.apply({"params": p}, batch["image_tokens"], targets)
+            tok = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+            return jax.numpy.sum(tok * mask) / jax.numpy.maximum(jax.numpy.sum(mask), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return jax.jit(step, donate_argnums=0), (params, tx.init(params)), arrays
+
+
+def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dict:
+    """litlab's train step against big_vision's CapPa decoder step at equal dims (the quickstart
+    decoder: width 256, depth 2, batch 128, cached image tokens, float32), same loss and
+    optimizer, timed alternately in this run. big_vision is not a dependency: this suite imports
+    it from a checkout (`--big_vision DIR` or $BIG_VISION_DIR) and is skipped without one. Each
+    step's FLOPs come from XLA's cost_analysis; litlab projects the image tokens to the decoder
+    width once (`img_proj`) where CapPa's cross-attention projects them in every layer."""
+    import os
+
+    from litlab import config
+    from litlab.configs import quickstart
+
+    checkout = checkout or os.environ.get("BIG_VISION_DIR")
+    if not checkout or not Path(checkout, "big_vision/models/proj/cappa/cappa.py").is_file():
+        return {"skipped": f"no big_vision checkout at {checkout!r}: pass --big_vision DIR (a clone of "
+                           "github.com/google-research/big_vision) or set BIG_VISION_DIR"}
+    batch, repeats = (8, 3) if quick else (128, 9)
+    base = quickstart.get_config("smoke" if quick else None)
+    c = config.override(base, {"batch_size": batch, "matmul_precision": "float32"})
+    vocab = Tokenizer().vocab_size
+    step, state, arrays = train_step_setup(c, batch, vocab)
+    litlab_fn = jax.jit(step, donate_argnums=0)
+    key = jax.random.PRNGKey(0)
+    bv_fn, bv_state, _ = _big_vision_cappa_step(c, batch, vocab, Path(checkout))
+    bv_arrays = {k: arrays[k] for k in ("tokens", "loss_mask", "image_tokens")}
+
+    def xla_gflop(fn, *args):
+        cost = fn.lower(*args).compile().cost_analysis()
+        return round(float((cost[0] if isinstance(cost, list) else cost)["flops"]) / 1e9, 3)
+
+    out = {"batch": batch, "litlab_xla_gflop": xla_gflop(litlab_fn, state, arrays, key),
+           "big_vision_xla_gflop": xla_gflop(bv_fn, bv_state, bv_arrays),
+           "litlab_analytic_gflop": round(config_flops(c, arrays, vocab) / 1e9, 3)}
+    runners = {"litlab": lambda st: litlab_fn(st, arrays, key), "big_vision": lambda st: bv_fn(st, bv_arrays)}
+    states, times = {"litlab": state, "big_vision": bv_state}, {"litlab": [], "big_vision": []}
+    for i in range(repeats + 1):  # alternate, so both see the same machine; the first call compiles
+        for name, run in runners.items():
+            t = time.perf_counter()
+            states[name], m = run(states[name])
+            jax.block_until_ready(m)
+            if i:
+                times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        stat = _median_spread(ts)
+        out[f"{name}_step_ms"] = round(1e3 * stat["median"], 1)
+        out[f"{name}_step_ms_p10_p90"] = [round(1e3 * stat["p10"], 1), round(1e3 * stat["p90"], 1)]
+    out["litlab_speed_over_big_vision"] = round(out["big_vision_step_ms"] / out["litlab_step_ms"], 2)
+    return out
+
+
 SUITES = {"pipeline": bench_pipeline, "decode": bench_decode, "train": bench_train, "mfu": bench_mfu,
-          "scaling": bench_scaling, "memory": bench_memory, "study": bench_study}
+          "scaling": bench_scaling, "memory": bench_memory, "study": bench_study,
+          "big_vision": bench_big_vision}
 
 
 def machine() -> dict:
@@ -424,6 +525,8 @@ def main(argv=None) -> None:
     ap.add_argument("--json", metavar="FILE", help="also write every suite's figures to FILE")
     ap.add_argument("--doc", metavar="FILE", help="also write them as markdown with the machine and the "
                     "scaling chart (the README uses docs/benchmarks.md)")
+    ap.add_argument("--big_vision", metavar="DIR", help="a big_vision checkout, for the big_vision suite "
+                    "(default: $BIG_VISION_DIR)")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     unknown = [n for n in args.suites if n not in SUITES]
@@ -434,7 +537,10 @@ def main(argv=None) -> None:
             ap.error(f"{flag} {value}: folder {Path(value).resolve().parent} does not exist; create it first")
     results = {}
     for name in args.suites:
-        kwargs = {"quick": True} if args.quick and "quick" in inspect.signature(SUITES[name]).parameters else {}
+        params = inspect.signature(SUITES[name]).parameters
+        kwargs = {"quick": True} if args.quick and "quick" in params else {}
+        if args.big_vision and "checkout" in params:
+            kwargs["checkout"] = args.big_vision
         results[name] = SUITES[name](**kwargs)
         print(json.dumps({name: results[name]}), flush=True)
     if args.json:

@@ -1,6 +1,7 @@
 """The benchmark command runs and reports sane figures; no timing is asserted (shared machines)."""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -115,3 +116,34 @@ def test_decode_suite_compares_cached_and_uncached_decoding_per_precision():
         assert row["cached_tokens_per_s"] > 0 and row["uncached_tokens_per_s"] > 0
         assert row["cached_over_uncached"] == round(row["cached_tokens_per_s"] / row["uncached_tokens_per_s"], 2)
     assert out["cross_float32_batch2"]["same_tokens"]  # the KV cache changes nothing in float32
+
+
+def test_big_vision_suite_is_skipped_without_a_checkout_and_times_its_decoder_with_one(tmp_path, monkeypatch):
+    """Without a checkout it says how to give one; with one (here a stand-in `cappa.Decoder`
+    with big_vision's signature, written by the test) both steps are timed and counted."""
+    monkeypatch.delenv("BIG_VISION_DIR", raising=False)
+    assert "--big_vision DIR" in bench.bench_big_vision(checkout=str(tmp_path / "absent"))["skipped"]
+    pkg = tmp_path / "bv" / "big_vision" / "models" / "proj" / "cappa"
+    pkg.mkdir(parents=True)
+    (pkg / "cappa.py").write_text(
+        "import flax.linen as nn\n"
+        "class Decoder(nn.Module):\n"
+        "    emb_dim: int; mlp_dim: int; num_heads: int; num_layers: int; output_vocab_size: int\n"
+        "    @nn.compact\n"
+        "    def __call__(self, encoded, targets, pos_emb, decoder_mask=None, deterministic=True):\n"
+        "        y = nn.Embed(self.output_vocab_size, self.emb_dim)(targets) + pos_emb\n"
+        "        y = y + nn.Dense(self.emb_dim)(encoded.mean(1, keepdims=True))\n"
+        "        return nn.Dense(self.output_vocab_size)(y)\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [m for m in sys.modules if m.startswith("big_vision")]:
+        monkeypatch.delitem(sys.modules, name)
+    js = tmp_path / "b.json"
+    bench.main(["big_vision", "--quick", "--big_vision", str(tmp_path / "bv"), "--json", str(js)])
+    res = json.loads(js.read_text())["big_vision"]
+    for name in ("litlab", "big_vision"):
+        assert res[f"{name}_step_ms"] > 0 and res[f"{name}_xla_gflop"] > 0
+    # The stand-in has no attention: it must count fewer FLOPs than litlab's decoder.
+    assert res["big_vision_xla_gflop"] < res["litlab_xla_gflop"]
+    assert res["litlab_speed_over_big_vision"] > 0
+    for name in [m for m in sys.modules if m.startswith("big_vision")]:
+        del sys.modules[name]
