@@ -135,27 +135,36 @@ def step_flops(*, batch: int, text_len: int, image_tokens: int, image_width: int
     """Matmul FLOPs (2 per multiply-add) of one decoder train step on cached image tokens.
 
     Per example and layer, with T text positions, M memory tokens (N image tokens; 1 for
-    'pooled', which pools before projecting), W width, F MLP width:
+    'pooled', which pools before projecting), D image width, W width, F MLP width:
       cross/pooled: self-attention Q,K,V,O 8TW^2 + scores and mixing 4T^2W; cross-attention
-                    Q,O 4TW^2 + K,V 4MW^2 + scores and mixing 4TMW; MLP 4TWF.
-      prefix:       every layer runs the S = N+T joint sequence: 8SW^2 + 4S^2W + 4SWF.
-    Plus the image projection 2MDW and the tied output head 2TWV. The backward pass costs twice
-    the forward (input and weight gradients) except for the image projection, whose input is the
-    frozen features: it needs only its weight gradient. So a step is 3 x forward - projection.
-    Attention is counted over all T x T positions, as XLA computes it (no causal skipping).
+                    Q,O 4TW^2 + memory K,V + scores and mixing 4TMW; MLP 4TWF. The memory K,V
+                    cost 4MDW when D <= W (the image projection is folded into them, see
+                    models/decoder.py), else 4MW^2 after a projection 2MDW.
+      prefix:       every layer runs the S = N+T joint sequence: 8SW^2 + 4S^2W + 4SWF, after
+                    the projection 2MDW.
+    Plus the tied output head 2TWV. The backward pass costs twice the forward (input and weight
+    gradients) except where the input is the frozen features (the projection, or the folded K,V),
+    which need only their weight gradient. Folding adds, once per step and not per example, the
+    products of the projection with each layer's K and V maps: 2DW^2 each, times 3 with their
+    gradients. Attention is counted over all T x T positions, as XLA computes it (no causal
+    skipping).
     """
     T, N, D, W, F, V = text_len, image_tokens, image_width, width, mlp_dim, vocab
     M = 1 if conditioning == "pooled" else N
-    proj = 2 * M * D * W
+    fold = conditioning in ("cross", "pooled") and D <= W
     if conditioning == "prefix":
         S = N + T
         layer = 8 * S * W * W + 4 * S * S * W + 4 * S * W * F
     elif conditioning in ("cross", "pooled"):
-        layer = 8 * T * W * W + 4 * T * T * W + 4 * T * W * W + 4 * M * W * W + 4 * T * M * W + 4 * T * W * F
+        layer = 8 * T * W * W + 4 * T * T * W + 4 * T * W * W + 4 * T * M * W + 4 * T * W * F
+        layer += 4 * M * D * W if fold else 4 * M * W * W
     else:
         raise ValueError(f"unknown conditioning {conditioning!r}")
+    proj = 0 if fold else 2 * M * D * W
+    on_features = depth * 4 * M * D * W if fold else proj  # products whose input is the frozen features
     forward = proj + depth * layer + 2 * T * W * V
-    return batch * (3 * forward - proj)
+    folding = depth * 2 * 3 * 2 * D * W * W if fold else 0
+    return batch * (3 * forward - on_features) + folding
 
 
 def config_flops(config, arrays: dict, vocab: int) -> int:
@@ -428,8 +437,8 @@ def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dic
     decoder: width 256, depth 2, batch 128, cached image tokens, float32), same loss and
     optimizer, timed alternately in this run. big_vision is not a dependency: this suite imports
     it from a checkout (`--big_vision DIR` or $BIG_VISION_DIR) and is skipped without one. Each
-    step's FLOPs come from XLA's cost_analysis; litlab projects the image tokens to the decoder
-    width once (`img_proj`) where CapPa's cross-attention projects them in every layer."""
+    step's FLOPs come from XLA's cost_analysis. Both read the 192-wide image tokens in each
+    layer's cross-attention K/V (litlab folds its image projection into them)."""
     import os
 
     from litlab import config

@@ -174,6 +174,27 @@ def test_step_never_reads_image_or_projections(harness):
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("case", ["folded", "question", "wide_encoder"])
+def test_cached_image_keys_and_values_are_those_of_the_projected_image_tokens(case):
+    """'cross' folds the image projection into each layer's K/V maps (not when the encoder is
+    wider than the decoder); the cached image K/V must equal key/value(img_proj(tokens))
+    computed the long way, with any question memory after them."""
+    question = case == "question"
+    h = {"folded": lambda: _harness("cross"), "wide_encoder": lambda: Harness("cross", {**CFG, "width": D_ENC - 4}),
+         "question": lambda: Harness("cross", {**CFG, "question_len": 4}, question_tokens=jnp.ones((B, 4), jnp.int32))}[case]()
+    image_tokens, tokens = _inputs()
+    kw = {"question_tokens": jnp.asarray(np.array([[5, 6, 0, 0], [7, 0, 0, 0], [8, 9, 10, 11]]))} if question else {}
+    _, cache = h.prefill(h.params, image_tokens, _prompt_block(tokens, PREFIX_LEN), PREFIX_LEN, **kw)
+    p = h.params["params"]
+    mem = image_tokens @ p["img_proj"]["kernel"] + p["img_proj"]["bias"]
+    for i, layer in enumerate(cache["layers"]):
+        for name, key in (("key", "mk"), ("value", "mv")):
+            w = p[f"blocks_{i}"]["xa"][name]
+            want = jnp.einsum("bmw,whd->bmhd", mem, w["kernel"]) + w["bias"]
+            np.testing.assert_allclose(layer[key][:, :N], want, rtol=1e-5, atol=1e-5)
+            assert layer[key].shape[1] == N + (4 if question else 0)
+
+
 def test_examples_are_independent(harness):
     image_tokens, tokens = _inputs()
     batched, _ = harness.decode(image_tokens, tokens, PREFIX_LEN)

@@ -2,7 +2,9 @@
 
 A pre-LN Transformer decoder. Image tokens from the encoder ([B, N, D_enc])
 go through one learned Dense projection to the decoder width, then condition
-the text in one of three ways (`conditioning`):
+the text in one of three ways (`conditioning`). (With D_enc <= width,
+'cross' and 'pooled' compose that projection into each layer's K/V maps: the
+same function and params, fewer FLOPs.)
 
   'cross'   every block: causal self-attention, cross-attention to the N
             projected image tokens, MLP (CapPa-style).
@@ -170,6 +172,19 @@ class Attention(nn.Module):
     def key_value(self, x):
         return self.key(x).astype(self.dtype_mm), self.value(x).astype(self.dtype_mm)
 
+    def key_value_through(self, x, proj):
+        """key_value(x @ proj.kernel + proj.bias) for x [B, M, D], without the projected [B, M, W]:
+        both maps are affine, so they compose into one D -> (heads, head_dim) map per K and V.
+        Used when D <= W (the shipped encoder: 192 into 256): each product is then no larger,
+        the projection itself is gone, and training needs no gradient for the projected tokens."""
+        def through(dense):
+            p = dense.variables["params"]
+            kernel = jnp.tensordot(proj["kernel"], p["kernel"], 1)  # [D, H, Dh], float32, batch-free
+            bias = jnp.tensordot(proj["bias"], p["kernel"], 1) + p["bias"]
+            y = matmul.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), self.dtype_mm)
+            return (y + bias).astype(self.dtype_mm)
+        return through(self.key), through(self.value)
+
     def __call__(self, x, segments):
         return self.out(_attend(self.query(x), segments, self.dtype_mm))
 
@@ -201,8 +216,10 @@ class Block(nn.Module):
         return x + self.drop(y, deterministic)
 
     def __call__(self, x, mask, mem=None, mem_mask=None, deterministic=True):
-        """Whole sequence x [B, T, W] with mask [B, T, T]; mem [B, M, W] if cross,
-        with key mask mem_mask [B, 1, M] (None = all visible).
+        """Whole sequence x [B, T, W] with mask [B, T, T]; if cross, mem is a list of memory
+        segments (tokens, proj), concatenated along M: tokens [B, m, W] with proj None, or raw
+        [B, m, D] with proj the image projection's params (see Attention.key_value_through),
+        and mem_mask [B, 1, M] their key mask (None = all visible).
 
         Returns x and this layer's K/V ({"k","v"[, "mk","mv"]}) for a cache.
         """
@@ -211,7 +228,9 @@ class Block(nn.Module):
         x = x + self.drop(self.sa(y, [(k, v, mask)]), deterministic)
         kv = {"k": k, "v": v}
         if self.cross:
-            kv["mk"], kv["mv"] = self.xa.key_value(mem)
+            parts = [self.xa.key_value(m) if proj is None else self.xa.key_value_through(m, proj)
+                     for m, proj in mem]
+            kv["mk"], kv["mv"] = (jnp.concatenate(t, axis=1) if len(t) > 1 else t[0] for t in zip(*parts))
         return self._rest(x, kv.get("mk"), kv.get("mv"), mem_mask, deterministic), kv
 
     def step(self, x, layer, pos, mask, mem_mask=None):
@@ -295,21 +314,28 @@ class Model(nn.Module):
         return check_question_tokens(question_tokens, self.question_len, batch)
 
     def _memory(self, image_tokens, question_tokens, deterministic):
-        """Memory [B, M, W] and its key mask [B, M] bool (None when there is no question)."""
+        """Memory segments [(tokens, proj)] (see Block) and their key mask [B, M] bool (None when
+        there is no question). 'cross' and 'pooled' get the image tokens raw, with the
+        projection's params, for the cross-attention to fold into its K/V maps, when that is
+        cheaper (D <= W). Otherwise (a wide encoder, 'prefix', or init, which must create
+        img_proj's params) they are projected once here."""
         x = jnp.asarray(image_tokens, jnp.float32)
         if not self.image_input:  # "text only": the memory keeps its shape, not the image.
             x = jnp.zeros_like(x)
         if self.conditioning == "pooled":
             # Projecting is affine, so pooling first is exact and N times cheaper.
             x = jnp.mean(x, axis=1, keepdims=True)
-        mem = self.img_proj(x)
+        if self.conditioning == "prefix" or self.is_initializing() or x.shape[-1] > self.width:
+            mem = [(self.img_proj(x), None)]
+        else:
+            mem = [(x, self.img_proj.variables["params"])]
         if question_tokens is None:
             return mem, None
         q = question_tokens
         qmem = self.question_ln(self.embed(q) + self.question_pos_embedding[:q.shape[1]])
         qmem = self.drop(qmem, deterministic)
-        valid = jnp.concatenate([jnp.ones(mem.shape[:2], bool), q != 0], axis=1)
-        return jnp.concatenate([mem, qmem.astype(mem.dtype)], axis=1), valid
+        valid = jnp.concatenate([jnp.ones(x.shape[:2], bool), q != 0], axis=1)
+        return mem + [(qmem, None)], valid
 
     def _embed(self, tokens, positions, deterministic):
         x = self.embed(tokens) + self.pos_embedding[positions]
@@ -339,6 +365,7 @@ class Model(nn.Module):
         pos = jnp.arange(t)
         mem_mask = None
         if self.conditioning == "prefix":
+            mem = jnp.concatenate([m.astype(x.dtype) for m, _ in mem], axis=1)
             x = jnp.concatenate([mem, x], axis=1)
             pos = jnp.concatenate([jnp.full(mem.shape[1], -1), pos])
             limit = jnp.maximum(pos[None], jnp.asarray(prefix_len)[:, None] - 1)
