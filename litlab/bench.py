@@ -448,7 +448,7 @@ def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dic
     if not checkout or not Path(checkout, "big_vision/models/proj/cappa/cappa.py").is_file():
         return {"skipped": f"no big_vision checkout at {checkout!r}: pass --big_vision DIR (a clone of "
                            "github.com/google-research/big_vision) or set BIG_VISION_DIR"}
-    batch, repeats = (8, 3) if quick else (128, 9)
+    batch, repeats = (8, 3) if quick else (128, 15)
     base = quickstart.get_config("smoke" if quick else None)
     c = config.override(base, {"batch_size": batch, "matmul_precision": "float32"})
     vocab = Tokenizer().vocab_size
