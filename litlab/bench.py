@@ -320,11 +320,23 @@ def bench_scaling(*, quick: bool = False) -> dict:
     return {"precision": base.matmul_precision, "rows": rows}
 
 
+# Run in the child: its own peak RSS (VmHWM of the process image after exec). The kernel's
+# ru_maxrss would also count the parent's pages at fork, i.e. the bench process's own size.
+_PEAK_RSS_CHILD = """
+import sys
+from litlab import train
+try:
+    train.main(sys.argv[1:])
+finally:
+    kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print(f"peak_rss_kib={kib}", file=sys.stderr)
+"""
+
+
 def bench_memory(*, quick: bool = False) -> dict:
     """Peak resident memory (max RSS) of a quickstart-sized training run with its evaluation, in
     a fresh process: the figure that decides whether a study fits a Colab session. `quick` runs
     the smoke configuration."""
-    import os
     import subprocess
     import tempfile
 
@@ -332,18 +344,15 @@ def bench_memory(*, quick: bool = False) -> dict:
 
     cfg = f"{runs.ROOT / 'litlab/configs/quickstart.py'}{':smoke' if quick else ''}"
     steps = 4 if quick else 50
-    with tempfile.TemporaryDirectory() as workdir, tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "litlab.train", "--config", cfg, "--workdir", workdir,
-                                 f"--config.total_steps={steps}"], stdout=log, stderr=subprocess.STDOUT)
-        # wait4 reports this child's own peak; RUSAGE_CHILDREN would be the largest child ever reaped.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, "--config", cfg, "--workdir", workdir,
+                               f"--config.total_steps={steps}"], capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        if proc.returncode:
-            log.seek(0)
-            raise RuntimeError(f"memory suite: the training run failed:\n{log.read().decode()[-2000:]}")
-    return {"config": Path(cfg).name, "total_steps": steps, "peak_rss_gb": round(usage.ru_maxrss / 2 ** 20, 2),
+    peak = re.findall(r"peak_rss_kib=(\d+)", proc.stderr)
+    if proc.returncode or not peak:
+        raise RuntimeError(f"memory suite: the training run failed:\n{proc.stderr[-2000:]}")
+    return {"config": Path(cfg).name, "total_steps": steps, "peak_rss_gb": round(int(peak[-1]) / 2 ** 20, 2),
             "wall_s": round(wall, 1)}
 
 

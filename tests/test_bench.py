@@ -71,10 +71,14 @@ def test_bf16_step_multiplies_in_bf16_and_follows_the_f32_loss_curve():
             state, m = fn(state, batch, jax.random.PRNGKey(0))
             curves[prec].append(float(m["loss"]))
     assert set(dots["float32"]) == {"f32 x f32"}
-    # Forward and input-gradient products in bf16; on CPU the weight gradients (a third) stay
-    # f32 (models/matmul.py says why). The frozen features need no input gradient.
+    # Forward and input-gradient products in bf16; on CPU the weight gradients stay f32
+    # (models/matmul.py says why). The products on the frozen features, the image K and V of each
+    # layer (the projection is folded into them), need no input gradient: forward and weight
+    # gradient only. Every other product has all three.
     total, low = sum(dots["bfloat16"].values()), dots["bfloat16"].get("bf16 x bf16", 0)
-    assert low >= (2 * (total - 1) / 3 if jax.default_backend() == "cpu" else total), dots["bfloat16"]
+    on_features = 2 * 2 * c.decoder.depth
+    want = 2 * (total - on_features) / 3 + on_features / 2 if jax.default_backend() == "cpu" else total
+    assert low >= want, dots["bfloat16"]
     f32, bf16 = np.asarray(curves["float32"]), np.asarray(curves["bfloat16"])
     assert f32[-1] < 0.8 * f32[0]  # it learns the repeated batch
     np.testing.assert_allclose(bf16, f32, rtol=0.03)
@@ -82,7 +86,10 @@ def test_bf16_step_multiplies_in_bf16_and_follows_the_f32_loss_curve():
 
 def test_scaling_and_memory_suites_write_the_benchmark_doc(tmp_path):
     doc, js = tmp_path / "benchmarks.md", tmp_path / "b.json"
+    # 3 GB resident here must not count: a forked child's ru_maxrss starts at its parent's size.
+    ballast = np.ones(3 * 2 ** 30 // 8)
     bench.main(["scaling", "memory", "--quick", "--doc", str(doc), "--json", str(js)])
+    del ballast
     res = json.loads(js.read_text())
     rows = res["scaling"]["rows"]
     assert [(r["axis"], r["value"]) for r in rows] == [
@@ -91,7 +98,7 @@ def test_scaling_and_memory_suites_write_the_benchmark_doc(tmp_path):
     for r in rows:
         assert r["step_ms"] > 0 and r["gflops"] > 0
         assert r["step_ms_p10_p90"][0] <= r["step_ms"] <= r["step_ms_p10_p90"][1]
-    assert 0.1 < res["memory"]["peak_rss_gb"] < 24
+    assert 0.1 < res["memory"]["peak_rss_gb"] < 2.5  # the smoke run alone: about 1.1 GB
     text = doc.read_text()
     assert "| cpu | cores |" in text and "## scaling" in text and "## memory" in text
     assert "peak_rss_gb" in text and "| depth | 2 |" in text

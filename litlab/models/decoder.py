@@ -177,12 +177,14 @@ class Attention(nn.Module):
         both maps are affine, so they compose into one D -> (heads, head_dim) map per K and V.
         Used when D <= W (the shipped encoder: 192 into 256): each product is then no larger,
         the projection itself is gone, and training needs no gradient for the projected tokens."""
+        proj_aug = jnp.concatenate([proj["kernel"], proj["bias"][None]])  # [D + 1, W]: bias as a last row
+
         def through(dense):
             p = dense.variables["params"]
-            kernel = jnp.tensordot(proj["kernel"], p["kernel"], 1)  # [D, H, Dh], float32, batch-free
-            bias = jnp.tensordot(proj["bias"], p["kernel"], 1) + p["bias"]
-            y = matmul.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), self.dtype_mm)
-            return (y + bias).astype(self.dtype_mm)
+            # One batch-free product gives the composed kernel [D, H, Dh] and bias [H, Dh].
+            composed = matmul.dot_general(proj_aug, p["kernel"], (((1,), (0,)), ((), ())), self.dtype_mm)
+            y = matmul.dot_general(x, composed[:-1], (((x.ndim - 1,), (0,)), ((), ())), self.dtype_mm)
+            return (y + composed[-1] + p["bias"]).astype(self.dtype_mm)
         return through(self.key), through(self.value)
 
     def __call__(self, x, segments):
