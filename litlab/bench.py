@@ -446,7 +446,7 @@ def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dic
     decoder: width 256, depth 2, batch 128, cached image tokens, float32), same loss and
     optimizer, timed alternately in this run. big_vision is not a dependency: this suite imports
     it from a checkout (`--big_vision DIR` or $BIG_VISION_DIR) and is skipped without one. Each
-    step's FLOPs come from XLA's cost_analysis. Both read the 192-wide image tokens in each
+    step's FLOPs come from XLA's cost_analysis. Both read the 128-wide image tokens in each
     layer's cross-attention K/V (litlab folds its image projection into them)."""
     import os
 

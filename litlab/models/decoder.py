@@ -175,7 +175,7 @@ class Attention(nn.Module):
     def key_value_through(self, x, proj):
         """key_value(x @ proj.kernel + proj.bias) for x [B, M, D], without the projected [B, M, W]:
         both maps are affine, so they compose into one D -> (heads, head_dim) map per K and V.
-        Used when D <= W (the shipped encoder: 192 into 256): each product is then no larger,
+        Used when D <= W (the shipped encoder: 128 into 256): each product is then no larger,
         the projection itself is gone, and training needs no gradient for the projected tokens."""
         proj_aug = jnp.concatenate([proj["kernel"], proj["bias"][None]])  # [D + 1, W]: bias as a last row
 
