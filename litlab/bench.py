@@ -391,17 +391,18 @@ def bench_study(*, name: str = "specificity", quick: bool = False) -> dict:
             "overhead_share": round((p["setup"] + p["features"] + p["compile"]) / wall, 3)}
 
 
-def _big_vision_cappa_step(config, batch: int, vocab: int, checkout: Path):
-    """(jitted step, state, batch) of big_vision's own CapPa text decoder (`cappa.Decoder`,
-    imported from the checkout) at `config`'s decoder dims, with litlab's loss (mean
-    cross-entropy over the target tokens) and optimizer on the same cached image tokens, which
-    its cross-attention reads at their own width."""
+def _big_vision_cappa_step(config, arrays: dict, vocab: int, checkout: Path):
+    """(jitted step, state) of big_vision's own CapPa text decoder (`cappa.Decoder`, imported
+    from the checkout) at `config`'s decoder dims, with litlab's loss (mean cross-entropy over
+    the target tokens) and optimizer (`train.make_optimizer`; nothing to freeze) on the batch
+    `arrays` from `train_step_setup`, whose cached image tokens its cross-attention reads at
+    their own width."""
     import importlib
 
     import flax.linen as nn
     import optax
 
-    from litlab import train
+    from litlab import config as config_lib, train
 
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
@@ -416,14 +417,10 @@ def _big_vision_cappa_step(config, batch: int, vocab: int, checkout: Path):
                                  output_vocab_size=vocab)(image_tokens, targets, pos,
                                                           decoder_mask=nn.make_causal_mask(targets))
 
-    _, state, arrays = train_step_setup(config, batch, vocab)
     model = CapPaDecoder()
     params = model.init(jax.random.PRNGKey(0), arrays["image_tokens"][:1], arrays["tokens"][:1, 1:])["params"]
-    schedule = train.make_schedule(config)
-    o = config.optimizer
-    decay = jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key == "kernel", params)
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm) if o.grad_clip_norm else optax.identity(),
-                     optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay))
+    tx, _ = train.make_optimizer(config_lib.override(config, {"encoder.trainable": True, "freeze": []}),
+                                 params, train.make_schedule(config))
 
     def step(state, batch):
         params, opt_state = state
@@ -438,7 +435,7 @@ def _big_vision_cappa_step(config, batch: int, vocab: int, checkout: Path):
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    return jax.jit(step, donate_argnums=0), (params, tx.init(params)), arrays
+    return jax.jit(step, donate_argnums=0), (params, tx.init(params))
 
 
 def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dict:
@@ -464,7 +461,7 @@ def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dic
     step, state, arrays = train_step_setup(c, batch, vocab)
     litlab_fn = jax.jit(step, donate_argnums=0)
     key = jax.random.PRNGKey(0)
-    bv_fn, bv_state, _ = _big_vision_cappa_step(c, batch, vocab, Path(checkout))
+    bv_fn, bv_state = _big_vision_cappa_step(c, arrays, vocab, Path(checkout))
     bv_arrays = {k: arrays[k] for k in ("tokens", "loss_mask", "image_tokens")}
 
     def xla_gflop(fn, *args):

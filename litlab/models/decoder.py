@@ -232,7 +232,7 @@ class Block(nn.Module):
         if self.cross:
             parts = [self.xa.key_value(m) if proj is None else self.xa.key_value_through(m, proj)
                      for m, proj in mem]
-            kv["mk"], kv["mv"] = (jnp.concatenate(t, axis=1) if len(t) > 1 else t[0] for t in zip(*parts))
+            kv["mk"], kv["mv"] = (jnp.concatenate(t, axis=1) for t in zip(*parts))
         return self._rest(x, kv.get("mk"), kv.get("mv"), mem_mask, deterministic), kv
 
     def step(self, x, layer, pos, mask, mem_mask=None):

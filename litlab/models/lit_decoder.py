@@ -29,6 +29,7 @@ Incremental decoding wraps the decoder's functional KV cache (see
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,9 +38,6 @@ import jax
 import jax.numpy as jnp
 
 from litlab.models import decoder, vit
-
-
-_TOKEN_SHAPES: dict[tuple, tuple[int, int]] = {}
 
 
 class ByConfig:
@@ -54,6 +52,13 @@ class ByConfig:
 
     def __eq__(self, other):
         return isinstance(other, ByConfig) and other.key == self.key
+
+
+@functools.lru_cache(maxsize=32)
+def _token_shape(encoder: ByConfig, h: int, w: int) -> tuple[int, int]:
+    out = jax.eval_shape(lambda: encoder.module.init_with_output(
+        jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3), jnp.float32))[0][1]["encoded"])
+    return tuple(out.shape[1:])
 
 
 class Model(nn.Module):
@@ -74,15 +79,8 @@ class Model(nn.Module):
     def token_shape(self) -> tuple[int, int]:
         """(N, D_enc) of the image tokens that `encode` returns for `image_size` images. Traced
         once per encoder config and size: every run, evaluation and train-step trace asks."""
-        h, w = self.image_size
-        key = (repr(sorted(self.encoder_cfg.items())), h, w)
-        if key not in _TOKEN_SHAPES:
-            # An unbound copy (parent=None), so that shape inference adds no submodule.
-            enc = vit.Model(**self.encoder_cfg, parent=None)
-            out = jax.eval_shape(lambda: enc.init_with_output(
-                jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3), jnp.float32))[0][1]["encoded"])
-            _TOKEN_SHAPES[key] = tuple(out.shape[1:])
-        return _TOKEN_SHAPES[key]
+        # An unbound copy (parent=None), so that shape inference adds no submodule.
+        return _token_shape(ByConfig(vit.Model(**self.encoder_cfg, parent=None)), *self.image_size)
 
     def encode(self, images, *, train=False):
         """Image tokens [B, N, D_enc] (the encoder's `encoded` output), e.g. to cache them."""
