@@ -96,12 +96,17 @@ def loss_and_metrics(model, params, batch, rng, *, num_tasks: int, label_smoothi
         image["question_tokens"] = batch["question_tokens"]
     logits = model.apply({"params": params}, inputs, batch["prefix_len"], train=train,
                          rngs={"dropout": rng}, **image)
-    vocab = logits.shape[-1]
-    targets = jax.nn.one_hot(labels, vocab)
     if label_smoothing:
-        targets = targets * (1.0 - label_smoothing) + label_smoothing / vocab
-    tok_loss = optax.softmax_cross_entropy(logits, targets)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        vocab = logits.shape[-1]
+        targets = jax.nn.one_hot(labels, vocab) * (1.0 - label_smoothing) + label_smoothing / vocab
+        tok_loss = optax.softmax_cross_entropy(logits, targets)
+    else:  # no [B, L, vocab] one-hot to build, multiply and differentiate
+        tok_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    # A token is right when its label's logit is the largest. This reuses the max that the
+    # softmax takes, where an argmax is a second pass over [B, L, vocab] (an exact tie, which
+    # argmax would break by index, counts as right).
+    label_logit = jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
+    correct = (label_logit >= jnp.max(logits, -1)).astype(jnp.float32)
     ex_loss, ex_tok, ex_ok = (jnp.sum(x * mask, 1) for x in (tok_loss, jnp.ones_like(mask), correct))
     n_tok = jnp.maximum(jnp.sum(ex_tok), 1.0)
     loss = jnp.sum(ex_loss) / n_tok

@@ -262,3 +262,40 @@ def test_unwritable_workdir_and_eval_folder_fail_before_any_work(reference_run, 
     monkeypatch.setattr(decode, "generate", lambda *a, **k: pytest.fail("decoded before checking the output"))
     with pytest.raises(checkpoints.WorkdirNotWritable, match=r"evaluation folder .*a_file/eval/test is not writable"):
         evaluate.Evaluator("test")(run)
+
+
+class _FixedLogits:
+    """Stands in for the model: loss_and_metrics only calls apply()."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def apply(self, *args, **kwargs):
+        return self.logits
+
+
+def test_loss_and_accuracy_match_one_hot_cross_entropy_and_argmax():
+    rng = np.random.default_rng(0)
+    B, L, V = 6, 9, 17
+    logits = jax.numpy.asarray(rng.normal(size=(B, L - 1, V)).astype(np.float32))
+    tokens = rng.integers(0, V, (B, L)).astype(np.int32)
+    tokens[:, 1:4] = np.asarray(logits.argmax(-1))[:, :3]  # some tokens right, most wrong
+    mask = (rng.random((B, L)) < 0.7).astype(np.float32)
+    task_id = np.array([0, 1, 1, 2, 0, 2], np.int32)
+    batch = {"tokens": tokens, "loss_mask": mask, "prefix_len": np.zeros(B, np.int32), "task_id": task_id,
+             "image_tokens": np.zeros((B, 4, 8), np.float32)}
+    labels, m = tokens[:, 1:], mask[:, 1:]
+    logp = np.asarray(jax.nn.log_softmax(logits))
+    for smoothing in (0.0, 0.1):
+        target = np.eye(V)[labels] * (1 - smoothing) + smoothing / V
+        want_tok = -(target * logp).sum(-1)
+        loss, met = train.loss_and_metrics(_FixedLogits(logits), None, batch, None, num_tasks=3,
+                                           label_smoothing=smoothing, train=True)
+        np.testing.assert_allclose(loss, (want_tok * m).sum() / m.sum(), rtol=1e-5)
+        right = (np.asarray(logits).argmax(-1) == labels) * m
+        np.testing.assert_allclose(met["accuracy"], right.sum() / m.sum(), rtol=1e-6)
+        for t in range(3):
+            rows = task_id == t
+            np.testing.assert_allclose(met["task_accuracy"][t], right[rows].sum() / m[rows].sum(), rtol=1e-6)
+            np.testing.assert_allclose(met["task_loss"][t], (want_tok * m)[rows].sum() / m[rows].sum(), rtol=1e-5)
+    assert 0 < float(met["accuracy"]) < 1

@@ -75,10 +75,10 @@ beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
                           ("mk"/"mv" below) are visible; False exactly at
                           padded question slots. Shared by all layers.
     "layers": tuple over depth of {
-        "k", "v":   [B, S, H, Dh]  text self-attention keys/values. Slot t
+        "k", "v":   [B, H, S, Dh]  text self-attention keys/values. Slot t
                                    holds position t; slots >= pos are stale
                                    and masked out.
-        "mk", "mv": [B, M, H, Dh]  image keys/values, computed once in
+        "mk", "mv": [B, H, M, Dh]  image keys/values, computed once in
                                    `prefill`: cross-attention K/V ('cross':
                                    M=N, 'pooled': M=1) or the image prefix's
                                    self-attention K/V ('prefix': M=N). With
@@ -87,7 +87,10 @@ beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
     }}
 
 S is `cache_len` (default max_len); H = num_heads, Dh = width // num_heads;
-K/V are stored in `dtype_mm`. Two module methods, both deterministic:
+K/V are stored heads before positions: the layout the attention products
+read, so a decode step never transposes the whole cache (with [B, S, H, Dh] it
+did, every layer and every token: a third of decode time). They are stored in
+`dtype_mm`, except on CPU (see `_cache_dtype`). Two module methods, both deterministic:
 
   logits, cache = model.apply(params, image_tokens, tokens, lengths,
                               cache_len=S, method=Model.prefill)
@@ -132,26 +135,40 @@ def _dense(features, dtype_mm, axis=-1):
                            kernel_init=nn.initializers.xavier_uniform())
 
 
+def _cache_dtype(dtype_mm: str) -> str:
+    """The KV cache's dtype, which is also that of a decode step's attention products: float32
+    on CPU, where XLA has no bfloat16 scatter or batched bfloat16 attention product and so
+    converted a bfloat16 cache to float32 and back three times per layer per token (a third of
+    bfloat16 decode time at batch 64); `dtype_mm` elsewhere, where a bfloat16 cache halves the
+    memory traffic."""
+    return "float32" if jax.default_backend() == "cpu" else dtype_mm
+
+
 def _attend(q, segments, dtype_mm):
     """Softmax attention of q [B, Tq, H, Dh] over the concatenation of key segments.
 
-    Each segment is (k, v, mask) with k, v [B, Tk, H, Dh] and mask bool
+    Each segment is (k, v, mask) with k, v [B, H, Tk, Dh] and mask bool
     [B, Tq, Tk] (or None = all visible). Splitting keys into segments lets a
     decode step attend jointly to cached image K/V and the text cache
     without copying them into one buffer. Returns [B, Tq, H, Dh] float32.
     """
     q = q * q.shape[-1] ** -0.5
     logits = []
-    for k, _, mask in segments:  # "bqhd,bkhd->bhqk"
-        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, 2))), dtype_mm)
+    for k, _, mask in segments:  # "bqhd,bhkd->bhqk"
+        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, 1))), dtype_mm)
         logits.append(s if mask is None else jnp.where(mask[:, None], s, _NEG_INF))
     probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
     out, start = 0.0, 0
-    for k, v, _ in segments:  # "bhqk,bkhd->bhqd"
-        p = probs[..., start:start + k.shape[1]]
-        out = out + matmul.dot_general(p, v, (((3,), (1,)), ((0, 1), (0, 2))), dtype_mm)
-        start += k.shape[1]
+    for k, v, _ in segments:  # "bhqk,bhkd->bhqd"
+        p = probs[..., start:start + k.shape[2]]
+        out = out + matmul.dot_general(p, v, (((3,), (2,)), ((0, 1), (0, 1))), dtype_mm)
+        start += k.shape[2]
     return out.transpose(0, 2, 1, 3)
+
+
+def _heads_major(x):
+    """[B, T, H, Dh] -> [B, H, T, Dh]."""
+    return x.transpose(0, 2, 1, 3)
 
 
 class Attention(nn.Module):
@@ -170,7 +187,8 @@ class Attention(nn.Module):
         self.out = _dense(self.width, self.dtype_mm, axis=(-2, -1))
 
     def key_value(self, x):
-        return self.key(x).astype(self.dtype_mm), self.value(x).astype(self.dtype_mm)
+        """K and V of x [B, T, W], each [B, H, T, Dh] (heads-major, see the cache)."""
+        return tuple(_heads_major(f(x)).astype(self.dtype_mm) for f in (self.key, self.value))
 
     def key_value_through(self, x, proj):
         """key_value(x @ proj.kernel + proj.bias) for x [B, M, D], without the projected [B, M, W]:
@@ -184,11 +202,12 @@ class Attention(nn.Module):
             # One batch-free product gives the composed kernel [D, H, Dh] and bias [H, Dh].
             composed = matmul.dot_general(proj_aug, p["kernel"], (((1,), (0,)), ((), ())), self.dtype_mm)
             y = matmul.dot_general(x, composed[:-1], (((x.ndim - 1,), (0,)), ((), ())), self.dtype_mm)
-            return (y + composed[-1] + p["bias"]).astype(self.dtype_mm)
+            return _heads_major(y + composed[-1] + p["bias"]).astype(self.dtype_mm)
         return through(self.key), through(self.value)
 
-    def __call__(self, x, segments):
-        return self.out(_attend(self.query(x), segments, self.dtype_mm))
+    def __call__(self, x, segments, attn_dtype=None):
+        """attn_dtype: the attention products' input dtype (default dtype_mm)."""
+        return self.out(_attend(self.query(x), segments, attn_dtype or self.dtype_mm))
 
 
 class Block(nn.Module):
@@ -211,9 +230,9 @@ class Block(nn.Module):
         self.mlp_out = _dense(self.width, self.dtype_mm)
         self.drop = nn.Dropout(self.dropout)
 
-    def _rest(self, x, mk, mv, mem_mask, deterministic):
+    def _rest(self, x, mk, mv, mem_mask, deterministic, attn_dtype=None):
         if self.cross:
-            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, mem_mask)]), deterministic)
+            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, mem_mask)], attn_dtype), deterministic)
         y = self.mlp_out(nn.gelu(self.mlp_in(self.ln_mlp(x))))
         return x + self.drop(y, deterministic)
 
@@ -232,22 +251,24 @@ class Block(nn.Module):
         if self.cross:
             parts = [self.xa.key_value(m) if proj is None else self.xa.key_value_through(m, proj)
                      for m, proj in mem]
-            kv["mk"], kv["mv"] = (jnp.concatenate(t, axis=1) for t in zip(*parts))
+            kv["mk"], kv["mv"] = (jnp.concatenate(t, axis=2) for t in zip(*parts))
         return self._rest(x, kv.get("mk"), kv.get("mv"), mem_mask, deterministic), kv
 
     def step(self, x, layer, pos, mask, mem_mask=None):
         """One token x [B, 1, W] per example at positions pos [B] with key mask [B, 1, S]
         and memory key mask mem_mask [B, 1, M] (None = all visible)."""
         y = self.ln_sa(x)
-        k, v = self.sa.key_value(y)
+        dt = _cache_dtype(self.dtype_mm)
+        k, v = (t.astype(dt) for t in self.sa.key_value(y))
         rows = jnp.arange(x.shape[0])
-        layer = {**layer, "k": layer["k"].at[rows, pos].set(k[:, 0], mode="drop"),
-                 "v": layer["v"].at[rows, pos].set(v[:, 0], mode="drop")}
+        # Index arrays around a slice: the written block is [B, H, Dh], one slot per example.
+        layer = {**layer, "k": layer["k"].at[rows, :, pos].set(k[:, :, 0], mode="drop"),
+                 "v": layer["v"].at[rows, :, pos].set(v[:, :, 0], mode="drop")}
         segments = [(layer["k"], layer["v"], mask)]
         if not self.cross:  # prefix-LM: the image K/V are the first keys of self-attention.
             segments.insert(0, (layer["mk"], layer["mv"], mem_mask))
-        x = x + self.sa(y, segments)
-        return self._rest(x, layer["mk"], layer["mv"], mem_mask, True), layer
+        x = x + self.sa(y, segments, dt)
+        return self._rest(x, layer["mk"], layer["mv"], mem_mask, True, dt), layer
 
 
 def check_question_tokens(question_tokens, question_len: int, batch: int):
@@ -407,13 +428,14 @@ class Model(nn.Module):
         lengths = jnp.asarray(lengths, jnp.int32)
         h, layers, mem_valid = self._forward(image_tokens, tokens, lengths, question_tokens, True)
         last = h[jnp.arange(h.shape[0]), lengths - 1]
-        pad = [(0, 0), (0, cache_len - tokens.shape[1]), (0, 0), (0, 0)]
+        pad = [(0, 0), (0, 0), (0, cache_len - tokens.shape[1]), (0, 0)]
         cache_layers = []
         for kv in layers:
             if self.conditioning == "prefix":  # Split the image part off the joint sequence.
-                m = kv["k"].shape[1] - tokens.shape[1]
-                kv = {"mk": kv["k"][:, :m], "mv": kv["v"][:, :m], "k": kv["k"][:, m:], "v": kv["v"][:, m:]}
-            cache_layers.append({**kv, "k": jnp.pad(kv["k"], pad), "v": jnp.pad(kv["v"], pad)})
+                m = kv["k"].shape[2] - tokens.shape[1]
+                kv = {"mk": kv["k"][:, :, :m], "mv": kv["v"][:, :, :m], "k": kv["k"][:, :, m:], "v": kv["v"][:, :, m:]}
+            kv = {**kv, "k": jnp.pad(kv["k"], pad), "v": jnp.pad(kv["v"], pad)}
+            cache_layers.append({n: t.astype(_cache_dtype(self.dtype_mm)) for n, t in kv.items()})
         cache = {"pos": lengths, "layers": tuple(cache_layers)}
         if mem_valid is not None:
             cache["mem_mask"] = mem_valid
@@ -427,7 +449,7 @@ class Model(nn.Module):
         pos = cache["pos"]
         mem_mask = cache["mem_mask"][:, None, :] if self.question_len else None
         x = self._embed(jnp.asarray(token)[:, None], pos[:, None], True)
-        slots = cache["layers"][0]["k"].shape[1]
+        slots = cache["layers"][0]["k"].shape[2]
         mask = (jnp.arange(slots)[None, :] <= pos[:, None])[:, None, :]
         layers = []
         for block, layer in zip(self.blocks, cache["layers"]):
