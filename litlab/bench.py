@@ -48,7 +48,10 @@ def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: floa
     A quickstart-size decoder (depth 2, width 256, 4 heads, MLP 1024, vocab 1000, max_len 48)
     with init weights reads 64 random image tokens of width 192 after prompts of 4-16 tokens.
     eos_id=None makes every example generate all `new_tokens`, so both variants do the same work
-    whatever the untrained model emits; "same_tokens" checks that they also agree. Each figure is
+    whatever the untrained model emits; "same_tokens" checks that they also agree (in float32; in
+    bfloat16 on CPU the cached path's attention runs in float32, see decoder._cache_dtype, and a
+    rounding difference can flip a near-tie of the untrained model, after which the sequences
+    part; "tokens_agree" is the fraction of generated tokens equal). Each figure is
     the fastest of the calls made in `min_seconds`: the least disturbed one on a shared machine.
     """
     enc = dict(patch_size=(8, 8), width=192, depth=1, mlp_dim=384, num_heads=3)
@@ -83,6 +86,7 @@ def bench_decode(*, batch_sizes=(1, 64), new_tokens: int = 32, min_seconds: floa
             row["cached_over_uncached"] = round(
                 row["cached_tokens_per_s"] / row["uncached_tokens_per_s"], 2)
             row["same_tokens"] = bool((tokens[True] == tokens[False]).all())
+            row["tokens_agree"] = round(float((tokens[True] == tokens[False]).mean()), 3)
             out[f"{cond}_{prec}_batch{batch}"] = row
     return out
 

@@ -124,6 +124,8 @@ def test_decode_suite_compares_cached_and_uncached_decoding_per_precision():
         assert row["cached_tokens_per_s"] > 0 and row["uncached_tokens_per_s"] > 0
         assert row["cached_over_uncached"] == round(row["cached_tokens_per_s"] / row["uncached_tokens_per_s"], 2)
     assert out["cross_float32_batch2"]["same_tokens"]  # the KV cache changes nothing in float32
+    assert out["cross_float32_batch2"]["tokens_agree"] == 1.0
+    assert 0.0 <= out["cross_bfloat16_batch2"]["tokens_agree"] <= 1.0
 
 
 def test_big_vision_suite_is_skipped_without_a_checkout_and_times_its_decoder_with_one(tmp_path, monkeypatch):
