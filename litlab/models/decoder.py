@@ -87,10 +87,12 @@ beam search can reorder or repeat it with `jax.tree.map(lambda x: x[idx], c)`:
     }}
 
 S is `cache_len` (default max_len); H = num_heads, Dh = width // num_heads;
-K/V are stored heads before positions: the layout the attention products
-read, so a decode step never transposes the whole cache (with [B, S, H, Dh] it
-did, every layer and every token: a third of decode time). They are stored in
-`dtype_mm`, except on CPU (see `_cache_dtype`). Two module methods, both deterministic:
+K/V are stored heads before positions: the layout a decode step's attention
+products read, so it never transposes the whole cache (with [B, S, H, Dh] it
+did, every layer and every token: a third of decode time). Teacher forcing
+keeps [B, T, H, Dh], where XLA:CPU runs the bfloat16 products in bfloat16 (in
+heads-major layout it upcast 12 of them). They are stored in `dtype_mm`,
+except on CPU (see `_cache_dtype`). Two module methods, both deterministic:
 
   logits, cache = model.apply(params, image_tokens, tokens, lengths,
                               cache_len=S, method=Model.prefill)
@@ -144,25 +146,27 @@ def _cache_dtype(dtype_mm: str) -> str:
     return "float32" if jax.default_backend() == "cpu" else dtype_mm
 
 
-def _attend(q, segments, dtype_mm):
+def _attend(q, segments, dtype_mm, heads_major=False):
     """Softmax attention of q [B, Tq, H, Dh] over the concatenation of key segments.
 
-    Each segment is (k, v, mask) with k, v [B, H, Tk, Dh] and mask bool
+    Each segment is (k, v, mask) with k, v [B, Tk, H, Dh] ([B, H, Tk, Dh] when
+    `heads_major`, the cache's layout) and mask bool
     [B, Tq, Tk] (or None = all visible). Splitting keys into segments lets a
     decode step attend jointly to cached image K/V and the text cache
     without copying them into one buffer. Returns [B, Tq, H, Dh] float32.
     """
     q = q * q.shape[-1] ** -0.5
+    t, h = (2, 1) if heads_major else (1, 2)  # the key/value axes of positions and heads
     logits = []
-    for k, _, mask in segments:  # "bqhd,bhkd->bhqk"
-        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, 1))), dtype_mm)
+    for k, _, mask in segments:  # "bqhd,bkhd->bhqk"
+        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, h))), dtype_mm)
         logits.append(s if mask is None else jnp.where(mask[:, None], s, _NEG_INF))
     probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
     out, start = 0.0, 0
-    for k, v, _ in segments:  # "bhqk,bhkd->bhqd"
-        p = probs[..., start:start + k.shape[2]]
-        out = out + matmul.dot_general(p, v, (((3,), (2,)), ((0, 1), (0, 1))), dtype_mm)
-        start += k.shape[2]
+    for k, v, _ in segments:  # "bhqk,bkhd->bhqd"
+        p = probs[..., start:start + k.shape[t]]
+        out = out + matmul.dot_general(p, v, (((3,), (t,)), ((0, 1), (0, h))), dtype_mm)
+        start += k.shape[t]
     return out.transpose(0, 2, 1, 3)
 
 
@@ -187,8 +191,7 @@ class Attention(nn.Module):
         self.out = _dense(self.width, self.dtype_mm, axis=(-2, -1))
 
     def key_value(self, x):
-        """K and V of x [B, T, W], each [B, H, T, Dh] (heads-major, see the cache)."""
-        return tuple(_heads_major(f(x)).astype(self.dtype_mm) for f in (self.key, self.value))
+        return self.key(x).astype(self.dtype_mm), self.value(x).astype(self.dtype_mm)
 
     def key_value_through(self, x, proj):
         """key_value(x @ proj.kernel + proj.bias) for x [B, M, D], without the projected [B, M, W]:
@@ -202,12 +205,13 @@ class Attention(nn.Module):
             # One batch-free product gives the composed kernel [D, H, Dh] and bias [H, Dh].
             composed = matmul.dot_general(proj_aug, p["kernel"], (((1,), (0,)), ((), ())), self.dtype_mm)
             y = matmul.dot_general(x, composed[:-1], (((x.ndim - 1,), (0,)), ((), ())), self.dtype_mm)
-            return _heads_major(y + composed[-1] + p["bias"]).astype(self.dtype_mm)
+            return (y + composed[-1] + p["bias"]).astype(self.dtype_mm)
         return through(self.key), through(self.value)
 
-    def __call__(self, x, segments, attn_dtype=None):
-        """attn_dtype: the attention products' input dtype (default dtype_mm)."""
-        return self.out(_attend(self.query(x), segments, attn_dtype or self.dtype_mm))
+    def __call__(self, x, segments, attn_dtype=None, heads_major=False):
+        """attn_dtype: the attention products' input dtype (default dtype_mm); heads_major: the
+        segments' K/V layout (see _attend)."""
+        return self.out(_attend(self.query(x), segments, attn_dtype or self.dtype_mm, heads_major))
 
 
 class Block(nn.Module):
@@ -230,9 +234,9 @@ class Block(nn.Module):
         self.mlp_out = _dense(self.width, self.dtype_mm)
         self.drop = nn.Dropout(self.dropout)
 
-    def _rest(self, x, mk, mv, mem_mask, deterministic, attn_dtype=None):
+    def _rest(self, x, mk, mv, mem_mask, deterministic, attn_dtype=None, heads_major=False):
         if self.cross:
-            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, mem_mask)], attn_dtype), deterministic)
+            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, mem_mask)], attn_dtype, heads_major), deterministic)
         y = self.mlp_out(nn.gelu(self.mlp_in(self.ln_mlp(x))))
         return x + self.drop(y, deterministic)
 
@@ -251,7 +255,7 @@ class Block(nn.Module):
         if self.cross:
             parts = [self.xa.key_value(m) if proj is None else self.xa.key_value_through(m, proj)
                      for m, proj in mem]
-            kv["mk"], kv["mv"] = (jnp.concatenate(t, axis=2) for t in zip(*parts))
+            kv["mk"], kv["mv"] = (jnp.concatenate(t, axis=1) for t in zip(*parts))
         return self._rest(x, kv.get("mk"), kv.get("mv"), mem_mask, deterministic), kv
 
     def step(self, x, layer, pos, mask, mem_mask=None):
@@ -262,13 +266,13 @@ class Block(nn.Module):
         k, v = (t.astype(dt) for t in self.sa.key_value(y))
         rows = jnp.arange(x.shape[0])
         # Index arrays around a slice: the written block is [B, H, Dh], one slot per example.
-        layer = {**layer, "k": layer["k"].at[rows, :, pos].set(k[:, :, 0], mode="drop"),
-                 "v": layer["v"].at[rows, :, pos].set(v[:, :, 0], mode="drop")}
+        layer = {**layer, "k": layer["k"].at[rows, :, pos].set(k[:, 0], mode="drop"),
+                 "v": layer["v"].at[rows, :, pos].set(v[:, 0], mode="drop")}
         segments = [(layer["k"], layer["v"], mask)]
         if not self.cross:  # prefix-LM: the image K/V are the first keys of self-attention.
             segments.insert(0, (layer["mk"], layer["mv"], mem_mask))
-        x = x + self.sa(y, segments, dt)
-        return self._rest(x, layer["mk"], layer["mv"], mem_mask, True, dt), layer
+        x = x + self.sa(y, segments, dt, heads_major=True)
+        return self._rest(x, layer["mk"], layer["mv"], mem_mask, True, dt, heads_major=True), layer
 
 
 def check_question_tokens(question_tokens, question_len: int, batch: int):
@@ -428,14 +432,14 @@ class Model(nn.Module):
         lengths = jnp.asarray(lengths, jnp.int32)
         h, layers, mem_valid = self._forward(image_tokens, tokens, lengths, question_tokens, True)
         last = h[jnp.arange(h.shape[0]), lengths - 1]
-        pad = [(0, 0), (0, 0), (0, cache_len - tokens.shape[1]), (0, 0)]
+        pad = [(0, 0), (0, cache_len - tokens.shape[1]), (0, 0), (0, 0)]
         cache_layers = []
         for kv in layers:
             if self.conditioning == "prefix":  # Split the image part off the joint sequence.
-                m = kv["k"].shape[2] - tokens.shape[1]
-                kv = {"mk": kv["k"][:, :, :m], "mv": kv["v"][:, :, :m], "k": kv["k"][:, :, m:], "v": kv["v"][:, :, m:]}
+                m = kv["k"].shape[1] - tokens.shape[1]
+                kv = {"mk": kv["k"][:, :m], "mv": kv["v"][:, :m], "k": kv["k"][:, m:], "v": kv["v"][:, m:]}
             kv = {**kv, "k": jnp.pad(kv["k"], pad), "v": jnp.pad(kv["v"], pad)}
-            cache_layers.append({n: t.astype(_cache_dtype(self.dtype_mm)) for n, t in kv.items()})
+            cache_layers.append({n: _heads_major(t).astype(_cache_dtype(self.dtype_mm)) for n, t in kv.items()})
         cache = {"pos": lengths, "layers": tuple(cache_layers)}
         if mem_valid is not None:
             cache["mem_mask"] = mem_valid
