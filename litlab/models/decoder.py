@@ -146,26 +146,28 @@ def _cache_dtype(dtype_mm: str) -> str:
     return "float32" if jax.default_backend() == "cpu" else dtype_mm
 
 
-def _attend(q, segments, dtype_mm, heads_major=False):
+def _attend(q, segments, heads_major=False):
     """Softmax attention of q [B, Tq, H, Dh] over the concatenation of key segments.
 
     Each segment is (k, v, mask) with k, v [B, Tk, H, Dh] ([B, H, Tk, Dh] when
     `heads_major`, the cache's layout) and mask bool
     [B, Tq, Tk] (or None = all visible). Splitting keys into segments lets a
     decode step attend jointly to cached image K/V and the text cache
-    without copying them into one buffer. Returns [B, Tq, H, Dh] float32.
+    without copying them into one buffer. Each segment's products take its
+    K/V dtype as input dtype (`dtype_mm`, or the cache's). Returns
+    [B, Tq, H, Dh] float32.
     """
     q = q * q.shape[-1] ** -0.5
     t, h = (2, 1) if heads_major else (1, 2)  # the key/value axes of positions and heads
     logits = []
     for k, _, mask in segments:  # "bqhd,bkhd->bhqk"
-        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, h))), dtype_mm)
+        s = matmul.dot_general(q, k, (((3,), (3,)), ((0, 2), (0, h))), k.dtype)
         logits.append(s if mask is None else jnp.where(mask[:, None], s, _NEG_INF))
     probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
     out, start = 0.0, 0
     for k, v, _ in segments:  # "bhqk,bkhd->bhqd"
         p = probs[..., start:start + k.shape[t]]
-        out = out + matmul.dot_general(p, v, (((3,), (t,)), ((0, 1), (0, h))), dtype_mm)
+        out = out + matmul.dot_general(p, v, (((3,), (t,)), ((0, 1), (0, h))), v.dtype)
         start += k.shape[t]
     return out.transpose(0, 2, 1, 3)
 
@@ -208,10 +210,9 @@ class Attention(nn.Module):
             return (y + composed[-1] + p["bias"]).astype(self.dtype_mm)
         return through(self.key), through(self.value)
 
-    def __call__(self, x, segments, attn_dtype=None, heads_major=False):
-        """attn_dtype: the attention products' input dtype (default dtype_mm); heads_major: the
-        segments' K/V layout (see _attend)."""
-        return self.out(_attend(self.query(x), segments, attn_dtype or self.dtype_mm, heads_major))
+    def __call__(self, x, segments, heads_major=False):
+        """heads_major: the segments' K/V layout (see _attend)."""
+        return self.out(_attend(self.query(x), segments, heads_major))
 
 
 class Block(nn.Module):
@@ -234,9 +235,9 @@ class Block(nn.Module):
         self.mlp_out = _dense(self.width, self.dtype_mm)
         self.drop = nn.Dropout(self.dropout)
 
-    def _rest(self, x, mk, mv, mem_mask, deterministic, attn_dtype=None, heads_major=False):
+    def _rest(self, x, mk, mv, mem_mask, deterministic, heads_major=False):
         if self.cross:
-            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, mem_mask)], attn_dtype, heads_major), deterministic)
+            x = x + self.drop(self.xa(self.ln_xa(x), [(mk, mv, mem_mask)], heads_major), deterministic)
         y = self.mlp_out(nn.gelu(self.mlp_in(self.ln_mlp(x))))
         return x + self.drop(y, deterministic)
 
@@ -262,8 +263,7 @@ class Block(nn.Module):
         """One token x [B, 1, W] per example at positions pos [B] with key mask [B, 1, S]
         and memory key mask mem_mask [B, 1, M] (None = all visible)."""
         y = self.ln_sa(x)
-        dt = _cache_dtype(self.dtype_mm)
-        k, v = (t.astype(dt) for t in self.sa.key_value(y))
+        k, v = (t.astype(layer["k"].dtype) for t in self.sa.key_value(y))  # the cache's dtype
         rows = jnp.arange(x.shape[0])
         # Index arrays around a slice: the written block is [B, H, Dh], one slot per example.
         layer = {**layer, "k": layer["k"].at[rows, :, pos].set(k[:, 0], mode="drop"),
@@ -271,8 +271,8 @@ class Block(nn.Module):
         segments = [(layer["k"], layer["v"], mask)]
         if not self.cross:  # prefix-LM: the image K/V are the first keys of self-attention.
             segments.insert(0, (layer["mk"], layer["mv"], mem_mask))
-        x = x + self.sa(y, segments, dt, heads_major=True)
-        return self._rest(x, layer["mk"], layer["mv"], mem_mask, True, dt, heads_major=True), layer
+        x = x + self.sa(y, segments, heads_major=True)
+        return self._rest(x, layer["mk"], layer["mv"], mem_mask, True, heads_major=True), layer
 
 
 def check_question_tokens(question_tokens, question_len: int, batch: int):
