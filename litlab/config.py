@@ -176,8 +176,10 @@ def differences(saved, config) -> dict[str, tuple[Any, Any]]:
 
 def from_saved(d: dict) -> ml_collections.ConfigDict:
     """A config read back from a workdir's config.json. Runs saved before `data.seed` existed
-    rendered their data with `seed`, so that is what their data seed was."""
+    rendered their data with `seed`, so that is what their data seed was; runs saved before
+    `inputs.image_tokens` existed read the encoder's tokens."""
     d = copy.deepcopy(d)
+    d.setdefault("inputs", {}).setdefault("image_tokens", "encoder")
     if "seed" not in d.get("data", {}):
         d.setdefault("data", {})["seed"] = d.get("seed", 0)
     return ml_collections.ConfigDict(d)

@@ -27,6 +27,14 @@ def loss_curve(history: list[dict]) -> alt.Chart:
         tooltip=["step", "series", alt.Tooltip("loss:Q", format=".4f")])
 
 
+def curves_chart(curves: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Training loss against step for every arm (one line per seed), from `litlab.study.curves`."""
+    arms = list(dict.fromkeys(curves.arm))
+    return alt.Chart(curves, title=title or "training loss").mark_line().encode(
+        x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(type="log")), color=alt.Color("arm:N", sort=arms),
+        detail="seed:N", tooltip=["arm", "seed", "step", alt.Tooltip("loss:Q", format=".4f")])
+
+
 def study_chart(summary: pd.DataFrame, title: str = "") -> alt.Chart:
     """One panel per (split, task): each arm's mean over seeds with its 95% interval as an error
     bar, from `litlab.study.summarize` of the primary metrics."""

@@ -145,9 +145,14 @@ def encoder_fn(model: lit_decoder.Model, params: dict):
 
 def image_tokens(config, model, params, images: np.ndarray, image_keys: list[str], *,
                  desc: str = "cache features") -> np.ndarray:
-    """The encoder's tokens for `images`. A frozen encoder with `feature_cache="disk"` reads them
+    """The encoder's tokens for `images` (or, with inputs.image_tokens="oracle", tokens read off the
+    renderer's annotations, `litlab.oracle_tokens`). A frozen encoder with `feature_cache="disk"` reads them
     from (or adds them to) the shared on-disk cache, so every run and every evaluation over the
     same pixels with the same encoder encodes them once; otherwise they are encoded in memory."""
+    if config.inputs.image_tokens == "oracle":
+        from litlab import oracle_tokens
+        return oracle_tokens.tokens(image_keys, model.token_shape(), seed=config.data.seed,
+                                    resolution=config.data.resolution).astype(features.BF16)
     where = "disk" if config.feature_cache == "disk" and config.encoder.trainable is False else "memory"
     return features.build(encoder_fn(model, params), images, image_keys, model.token_shape(),
                           encoder_digest=features.params_digest(params["img"]), where=where,

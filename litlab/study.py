@@ -352,6 +352,21 @@ def predictions(study: Study, setting: str, *, split: str = "test", seed: int | 
     return out
 
 
+def curves(study: Study, setting: str, *, results: str | Path | None = None) -> pd.DataFrame:
+    """Training loss against step, one row per (arm, seed, step), from each run's metrics.jsonl:
+    whether an arm left the answer prior, and when, which a final score alone does not show."""
+    rows = []
+    for arm, seed, config in study.configs(setting):
+        path = run_dir(config, results_root(results)) / "metrics.jsonl"
+        if path.is_file():
+            rows += [{"arm": arm, "seed": seed, "step": m["step"], "loss": m["loss"]}
+                     for m in map(json.loads, path.read_text().splitlines()) if "loss" in m]
+    if not rows:
+        raise FileNotFoundError(f"no training logs of study {study.name!r} at {setting!r} under "
+                                f"{results_root(results)}; run the study first.")
+    return pd.DataFrame(rows)
+
+
 def images(study: Study, setting: str, split: str = "test") -> dict[str, np.ndarray]:
     """{image id: uint8 pixels} of the evaluated images of `split` (the same for every arm)."""
     from litlab.data.tokenizer import Tokenizer

@@ -201,6 +201,12 @@ def validate(config) -> None:
                          ("optimizer.name", ("adamw", "adafactor")), ("schedule.name", ("cosine", "rsqrt"))):
         if flat[key] not in allowed:
             raise ValueError(f"config key {key!r} must be one of {allowed}, got {flat[key]!r}.")
+    if config.inputs.image_tokens not in ("encoder", "oracle"):
+        raise ValueError(f"config key 'inputs.image_tokens' must be 'encoder' or 'oracle', got "
+                         f"{config.inputs.image_tokens!r}.")
+    if config.inputs.image_tokens == "oracle" and (config.feature_cache == "none" or config.encoder.trainable is not False):
+        raise ValueError("inputs.image_tokens='oracle' replaces the frozen encoder's cached tokens; it needs "
+                         "feature_cache='memory' or 'disk' and encoder.trainable=False.")
     runs.prompting(config)  # an unknown prompt style or question place fails here
     mixtures.get_mixture(config.mixture)
     decode.parse_method(config.eval.decode)  # not only after training has finished

@@ -88,6 +88,17 @@ def test_one_folder_per_resolved_config_and_a_tidy_table(smoke_study):
     pd.testing.assert_frame_equal(study.read(s, "smoke", results=results), table, check_dtype=False)
 
 
+def test_learning_curves_come_from_every_run_of_the_study(smoke_study, tmp_path):
+    s, _, results, _ = smoke_study
+    curves = study.curves(s, "smoke", results=results)
+    assert set(curves.arm) == set(s.arms) and set(curves.seed) == {0, 1}
+    assert curves.groupby(["arm", "seed"]).step.apply(list).map(lambda steps: steps == [2, 4]).all()
+    assert np.isfinite(curves.loss).all() and (curves.loss > 0).all()
+    assert plots.curves_chart(curves).to_dict()["encoding"]["detail"]["field"] == "seed"
+    with pytest.raises(FileNotFoundError, match="run the study first"):
+        study.curves(s, "smoke", results=tmp_path)
+
+
 def test_each_run_records_where_its_time_went(smoke_study):
     """Phase timings (what `litlab.bench study` sums into a study's overhead share) cover each
     run's wall time."""

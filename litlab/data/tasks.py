@@ -141,6 +141,20 @@ register_task(Task("text_vqa", "text_scenes", "vqa", ("vqa_accuracy", "anls"), "
                    "Read and answer: {question}", _text_vqa, packable=True))
 
 
+def _one_family(make, family: str):
+    def only(rec, rng):
+        return [it for it in make(rec, rng) if it["family"] == family]
+    return only
+
+
+# One question family alone ("scenes_vqa_existence", "text_vqa_reading"): to ask whether a skill
+# can be learned at all, without the other families' share of the steps (the image_tokens study).
+for _base, _families in (("scenes_vqa", language.FAMILIES), ("text_vqa", language.TEXT_FAMILIES)):
+    for _family in _families:
+        register_task(dataclasses.replace(get_task(_base), name=f"{_base}_{_family}",
+                                          make=_one_family(get_task(_base).make, _family)))
+
+
 def jsonl_task(name: str, files: dict, family: str, metrics: tuple[str, ...], *, token: str,
                instruction: str = "{question}", image_root=None) -> Task:
     """Registers a JSONL export (PaliGemma transfer layout) as a source and a task over it."""
