@@ -140,7 +140,7 @@ def make_train_step(model, tx, frozen, schedule, *, num_tasks: int, label_smooth
 # differ only in seed, data, prompts or bookkeeping share one trace (and one compilation).
 _STEPS: collections.OrderedDict = collections.OrderedDict()
 _NOT_IN_STEP = ("seed", "data.seed", "data.limit", "mixture", "prompt_style", "prompt_shared", "feature_cache",
-                "encoder.path", "encoder.seed", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
+                "encoder.path", "encoder.seed", "inputs.image_tokens", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
 
 
 def _jitted_step(config, model, *, num_tasks: int, make):

@@ -4,11 +4,13 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from litlab import bench, config as config_lib
 from litlab.configs import quickstart
+from litlab.models import vit
 
 
 @pytest.mark.parametrize("conditioning,width", [("cross", 64), ("prefix", 64), ("pooled", 64), ("cross", 16)])
@@ -115,6 +117,21 @@ def test_train_suite_reports_the_cache_speedup_in_both_settings(tmp_path):
         assert t[f"{name}_steps_per_s"] > 0, name
     assert t["paper_cache_speedup"] == round(t["paper_cached_bf16_steps_per_s"] / t["paper_encoder_in_loop_bf16_steps_per_s"], 2)
     assert t["cache_speedup"] == round(t["cached_bf16_steps_per_s"] / t["encoder_in_loop_bf16_steps_per_s"], 2)
+    ratio = (t["paper_gflop_encoder_forward"] + t["paper_gflop_decoder_step"]) / t["paper_gflop_decoder_step"]
+    assert t["paper_flop_ratio"] == pytest.approx(ratio, rel=0.02) and t["paper_flop_ratio"] > 1
+
+
+def test_vit_forward_flops_match_xla():
+    """The analytic ViT forward count (the cache's FLOP bound) against XLA's own count, which also
+    counts the elementwise work the formula leaves out."""
+    cfg = dict(patch_size=(8, 8), width=64, depth=2, mlp_dim=256, num_heads=4, posemb="learn", pool_type="gap")
+    model = vit.Model(**cfg)
+    x = jnp.zeros((2, 64, 64, 3))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    cost = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert 0.8 < 2 * bench.vit_forward_flops(cfg, 64) / cost["flops"] <= 1.0
+    assert bench.vit_forward_flops(bench.VIT_B16, 224) == pytest.approx(34.9e9, rel=0.01)  # ViT-B/16: 17.5 GMACs
 
 
 def test_decode_suite_compares_cached_and_uncached_decoding_per_precision():
