@@ -6,6 +6,9 @@ tokens that name exactly what they cover separates the two. An oracle token is o
 color and over the shape of the object whose box holds the token's center, and all zeros on the
 background, padded with zeros to the encoder's width so that the decoder, its shapes and its
 compiled programs are the ones an encoder run uses (`inputs.image_tokens="oracle"`).
+Such a run reads oracle tokens wherever tokens come from `runs.image_tokens` (training,
+evaluation, studies); prompting it with pixels (`litlab.prompting`) would feed it the encoder's
+tokens, which it never saw.
 """
 
 from __future__ import annotations
