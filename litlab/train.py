@@ -198,12 +198,10 @@ def validate(config) -> None:
                          "of the mesh (mesh.data); choose a multiple, or set mesh.data.")
     sharding.check_strategy(config.sharding_strategy)
     for key, allowed in (("matmul_precision", ("float32", "bfloat16")), ("feature_cache", ("memory", "disk", "none")),
-                         ("optimizer.name", ("adamw", "adafactor")), ("schedule.name", ("cosine", "rsqrt"))):
+                         ("optimizer.name", ("adamw", "adafactor")), ("schedule.name", ("cosine", "rsqrt")),
+                         ("inputs.image_tokens", ("encoder", "oracle"))):
         if flat[key] not in allowed:
             raise ValueError(f"config key {key!r} must be one of {allowed}, got {flat[key]!r}.")
-    if config.inputs.image_tokens not in ("encoder", "oracle"):
-        raise ValueError(f"config key 'inputs.image_tokens' must be 'encoder' or 'oracle', got "
-                         f"{config.inputs.image_tokens!r}.")
     if config.inputs.image_tokens == "oracle" and (config.feature_cache == "none" or config.encoder.trainable is not False):
         raise ValueError("inputs.image_tokens='oracle' replaces the frozen encoder's cached tokens; it needs "
                          "feature_cache='memory' or 'disk' and encoder.trainable=False.")

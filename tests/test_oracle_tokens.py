@@ -64,7 +64,7 @@ def test_an_oracle_run_reads_oracle_tokens_and_never_runs_the_encoder(tok, monke
 
 
 def test_oracle_settings_that_cannot_work_are_refused_by_name():
-    with pytest.raises(ValueError, match="'inputs.image_tokens' must be 'encoder' or 'oracle'"):
+    with pytest.raises(ValueError, match=r"'inputs.image_tokens' must be one of \('encoder', 'oracle'\), got 'oracel'"):
         train.validate(_oracle_config(**{"inputs.image_tokens": "oracel"}))
     with pytest.raises(ValueError, match="needs feature_cache='memory' or 'disk'"):
         train.validate(_oracle_config(feature_cache="none"))
