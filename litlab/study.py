@@ -1,6 +1,6 @@
 """The study runner: arms x seeds of training runs, one tidy table, confidence intervals, findings.
 
-    python -m litlab.study run NAME [--setting smoke|fast|full] [--results DIR]
+    python -m litlab.study run NAME [--setting smoke|fast|full] [--results DIR] [--arms A,B]
     python -m litlab.study show NAME [--setting ...] [--results DIR]
     python -m litlab.study list
 
@@ -73,15 +73,20 @@ class Study:
                 raise ValueError(f"study {self.name!r}, setting {name!r}: its arms {list(s.arms)} must be arms of "
                                  f"the study ({list(self.arms)}) and include the reference {self.reference!r}.")
 
-    def configs(self, setting: str) -> list[tuple[str, int, object]]:
-        """(arm, seed, resolved config) for every run of the study at `setting`."""
+    def configs(self, setting: str, arms: tuple[str, ...] | None = None) -> list[tuple[str, int, object]]:
+        """(arm, seed, resolved config) for every run of the study at `setting`, or of only the
+        given arms of it (the reference among them), to run a long setting an arm at a time."""
         if setting not in self.settings:
             raise ValueError(f"unknown setting {setting!r}; choose one of {list(self.settings)}.")
         s = self.settings[setting]
+        ran = s.arms or tuple(self.arms)
+        if arms is not None and (set(arms) - set(ran) or self.reference not in arms):
+            raise ValueError(f"study {self.name!r}, setting {setting!r}: arms {list(arms)} must be among its arms "
+                             f"{list(ran)} and include the reference {self.reference!r}.")
         base = config_lib.override(config_lib.load(s.base), s.overrides)
         out = []
         for arm, overrides in self.arms.items():
-            if s.arms is not None and arm not in s.arms:
+            if arm not in (arms or ran):
                 continue
             owned = sorted(set(overrides) & {"seed", "feature_cache"})
             if owned:
@@ -154,12 +159,13 @@ def results_root(results: str | Path | None) -> Path:
 
 
 def run(study: Study | str, setting: str = "fast", *, results: str | Path | None = None,
-        progress: bool = True) -> pd.DataFrame:
-    """Runs (or reads back) every arm x seed; returns the tidy table and writes it, its summary,
-    the paired differences and the chart into RESULTS/<study>/<setting>/."""
+        progress: bool = True, arms: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Runs (or reads back) every arm x seed, or those of `arms` only; returns the tidy table and
+    writes it, its summary, the paired differences and the chart into RESULTS/<study>/<setting>/.
+    A later run with more arms reads the finished ones back and rewrites the table with all."""
     study = load(study) if isinstance(study, str) else study
     root = results_root(results)
-    plan = study.configs(setting)
+    plan = study.configs(setting, arms)
     records = []
     bar = tqdm(plan, desc=f"study {study.name} ({setting})", unit="run", disable=not progress)
     from litlab import checkpoints
@@ -390,6 +396,8 @@ def main(argv=None) -> int:
         p.add_argument("study", help=f"one of {available()}, optionally NAME:ARG")
         p.add_argument("--setting", default="fast", choices=SETTINGS)
         p.add_argument("--results", default=None, help=f"results folder (default ${{LITLAB_RESULTS}} or {DEFAULT_RESULTS})")
+    sub.choices["run"].add_argument("--arms", default=None, type=lambda v: tuple(a for a in v.split(",") if a),
+                                    help="comma-separated arms to run now, the reference among them (default: all)")
     sub.add_parser("list")
     args = ap.parse_args(argv)
     try:
@@ -398,7 +406,7 @@ def main(argv=None) -> int:
                 print(f"{name}: {load(name).question}")
             return 0
         study = load(args.study)
-        table = run(study, args.setting, results=args.results) if args.command == "run" else \
+        table = run(study, args.setting, results=args.results, arms=args.arms) if args.command == "run" else \
             read(study, args.setting, results=args.results)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)

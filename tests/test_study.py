@@ -258,6 +258,11 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     with pytest.raises(ValueError, match=r"setting 'fast': its arms \['b'\] must be arms of the study \(\['a'\]\) "
                                          r"and include the reference 'a'"):
         study.Study("x", "q", {"a": {}}, "a", trimmed)
+    some = tiny().configs("smoke", arms=("cross", "pooled"))
+    assert [(a, seed) for a, seed, _ in some] == [("cross", 0), ("cross", 1), ("pooled", 0), ("pooled", 1)]
+    assert study.main(["run", "conditioning", "--setting", "smoke", "--arms", "prefix"]) == 2
+    assert "arms ['prefix'] must be among its arms ['cross', 'prefix', 'pooled'] and include the reference " \
+           "'cross'" in capsys.readouterr().err
     assert study.main(["run", "nope", "--setting", "smoke"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
     assert study.main(["show", "conditioning", "--results", "/nonexistent"]) == 2
