@@ -140,25 +140,15 @@ def paper_cache(base, *, repeats: int, quick: bool) -> dict:
         "data.resolution": 224, "encoder.path": "", "batch_size": base.batch_size if quick else 32,
         "matmul_precision": "bfloat16", **({} if quick else {"encoder.model": VIT_B16})})
     vocab = Tokenizer().vocab_size
-    steps = {}
+    runners, states, key = {}, {}, jax.random.PRNGKey(0)
     for name, images in (("cached", False), ("encoder_in_loop", True)):
-        step, state, arrays = train_step_setup(paper, paper.batch_size, vocab, images=images)
-        fn, key = jax.jit(step, donate_argnums=0), jax.random.PRNGKey(0)
-        state, m = fn(state, arrays, key)  # compile
-        jax.block_until_ready(m)
-        steps[name] = {"fn": fn, "state": state, "arrays": arrays, "key": key, "times": []}
-    for _ in range(repeats):
-        for s in steps.values():
-            t = time.perf_counter()
-            s["state"], m = s["fn"](s["state"], s["arrays"], s["key"])
-            jax.block_until_ready(m)
-            s["times"].append(time.perf_counter() - t)
-    arrays = steps["cached"]["arrays"]
-    decoder = config_flops(paper, arrays, vocab)
+        step, states[name], arrays = train_step_setup(paper, paper.batch_size, vocab, images=images)
+        runners[name] = lambda st, fn=jax.jit(step, donate_argnums=0), arrays=arrays: fn(st, arrays, key)
+        if not images:
+            decoder = config_flops(paper, arrays, vocab)
     encoder = paper.batch_size * vit_forward_flops(paper.encoder.model, paper.data.resolution)
     out = {}
-    for name, s in steps.items():
-        stat = _median_spread(s["times"])
+    for name, stat in _time_alternately(runners, states, repeats).items():
         out[f"paper_{name}_bf16_steps_per_s"] = round(1 / stat["median"], 3)
         out[f"paper_{name}_step_ms_p10_p90"] = [round(1e3 * stat["p10"], 1), round(1e3 * stat["p90"], 1)]
     out["paper_cache_speedup"] = round(out["paper_cached_bf16_steps_per_s"] / out["paper_encoder_in_loop_bf16_steps_per_s"], 2)
@@ -230,6 +220,21 @@ def _median_spread(times: list[float]) -> dict:
     return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90))}
 
 
+def _time_alternately(runners: dict, states: dict, repeats: int) -> dict[str, dict]:
+    """{name: median, p10 and p90 seconds} of each `runners[name](state) -> (state, metrics)`,
+    called in turn so that all of them see the same machine, `repeats` timed rounds after one
+    untimed round (it compiles). `states` holds each runner's (donated) state and is updated."""
+    times = {name: [] for name in runners}
+    for i in range(repeats + 1):
+        for name, run in runners.items():
+            t = time.perf_counter()
+            states[name], m = run(states[name])
+            jax.block_until_ready(m)
+            if i:
+                times[name].append(time.perf_counter() - t)
+    return {name: _median_spread(ts) for name, ts in times.items()}
+
+
 def train_step_setup(config, batch: int, vocab: int, *, images: bool = False):
     """(step function, not jitted; train state; a random batch of cached image tokens, or of
     pixels with `images`) for `config`'s decoder: what `mfu` and `paper_cache` time and what
@@ -297,28 +302,20 @@ def bench_mfu(*, quick: bool = False) -> dict:
     peaks = matmul_peaks(n=1024 if quick else 2048, repeats=repeats)
     base = config.override(quickstart.get_config(), {"batch_size": batch})
     tok_vocab = Tokenizer().vocab_size
-    steps, out = {}, {"peaks": peaks, "batch": batch}
+    steps, runners, states, out = {}, {}, {}, {"peaks": peaks, "batch": batch}
+    key = jax.random.PRNGKey(0)
     for prec in ("float32", "bfloat16"):
         c = config.override(base, {"matmul_precision": prec})
-        step, state, batch_arrays = train_step_setup(c, batch, tok_vocab)
+        step, states[prec], batch_arrays = train_step_setup(c, batch, tok_vocab)
         fn = jax.jit(step, donate_argnums=0)
-        key = jax.random.PRNGKey(0)
-        compiled = fn.lower(state, batch_arrays, key).compile()
+        compiled = fn.lower(states[prec], batch_arrays, key).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        state, m = fn(state, batch_arrays, key)  # compile
-        jax.block_until_ready(m)
-        steps[prec] = {"fn": fn, "state": state, "batch": batch_arrays, "key": key, "times": [],
-                       "flops": config_flops(c, batch_arrays, tok_vocab), "xla_flops": float(cost["flops"]),
+        runners[prec] = lambda st, fn=fn, arrays=batch_arrays: fn(st, arrays, key)
+        steps[prec] = {"flops": config_flops(c, batch_arrays, tok_vocab), "xla_flops": float(cost["flops"]),
                        "dots": dot_dtypes(compiled.as_text())}
-    for _ in range(repeats):  # alternate, so both precisions see the same machine
-        for s in steps.values():
-            t = time.perf_counter()
-            s["state"], m = s["fn"](s["state"], s["batch"], s["key"])
-            jax.block_until_ready(m)
-            s["times"].append(time.perf_counter() - t)
-    for prec, s in steps.items():
-        stat = _median_spread(s["times"])
+    for prec, stat in _time_alternately(runners, states, repeats).items():
+        s = steps[prec]
         peak = peaks["f32_gflops" if prec == "float32" else "bf16_gflops"]
         rate = s["flops"] / stat["median"] / 1e9
         out[prec] = {"step_ms": round(1e3 * stat["median"], 1),
@@ -357,15 +354,8 @@ def bench_scaling(*, quick: bool = False) -> dict:
             c = config.override(base, {key: value})
             batch = c.batch_size
             step, state, arrays = train_step_setup(c, batch, vocab)
-            fn = jax.jit(step, donate_argnums=0)
-            key_ = jax.random.PRNGKey(0)
-            times = []
-            for _ in range(repeats + 1):  # the first call compiles
-                t = time.perf_counter()
-                state, m = fn(state, arrays, key_)
-                jax.block_until_ready(m)
-                times.append(time.perf_counter() - t)
-            stat = _median_spread(times[1:])
+            fn, key_ = jax.jit(step, donate_argnums=0), jax.random.PRNGKey(0)
+            stat = _time_alternately({"step": lambda st: fn(st, arrays, key_)}, {"step": state}, repeats)["step"]
             flops = config_flops(c, arrays, vocab)
             rows.append({"axis": axis, "value": value if axis != "image_tokens" else arrays["image_tokens"].shape[1],
                          "step_ms": round(1e3 * stat["median"], 1),
@@ -526,16 +516,8 @@ def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dic
            "big_vision_xla_gflop": xla_gflop(bv_fn, bv_state, bv_arrays),
            "litlab_analytic_gflop": round(config_flops(c, arrays, vocab) / 1e9, 3)}
     runners = {"litlab": lambda st: litlab_fn(st, arrays, key), "big_vision": lambda st: bv_fn(st, bv_arrays)}
-    states, times = {"litlab": state, "big_vision": bv_state}, {"litlab": [], "big_vision": []}
-    for i in range(repeats + 1):  # alternate, so both see the same machine; the first call compiles
-        for name, run in runners.items():
-            t = time.perf_counter()
-            states[name], m = run(states[name])
-            jax.block_until_ready(m)
-            if i:
-                times[name].append(time.perf_counter() - t)
-    for name, ts in times.items():
-        stat = _median_spread(ts)
+    states = {"litlab": state, "big_vision": bv_state}
+    for name, stat in _time_alternately(runners, states, repeats).items():
         out[f"{name}_step_ms"] = round(1e3 * stat["median"], 1)
         out[f"{name}_step_ms_p10_p90"] = [round(1e3 * stat["p10"], 1), round(1e3 * stat["p90"], 1)]
     out["litlab_speed_over_big_vision"] = round(out["big_vision_step_ms"] / out["litlab_step_ms"], 2)

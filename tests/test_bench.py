@@ -174,3 +174,20 @@ def test_big_vision_suite_is_skipped_without_a_checkout_and_times_its_decoder_wi
     assert res["litlab_speed_over_big_vision"] > 0
     for name in [m for m in sys.modules if m.startswith("big_vision")]:
         del sys.modules[name]
+
+
+def test_alternate_timing_interleaves_runners_and_drops_the_compiling_round():
+    calls = []
+
+    def runner(name):
+        def run(state):
+            calls.append(name)
+            return state + 1, jnp.zeros(())
+        return run
+
+    states = {"a": 0, "b": 10}
+    stats = bench._time_alternately({"a": runner("a"), "b": runner("b")}, states, repeats=3)
+    assert calls == ["a", "b"] * 4  # one untimed round, then 3 timed ones, each runner in turn
+    assert states == {"a": 4, "b": 14}  # the (donated) states are threaded through
+    assert set(stats) == {"a", "b"}
+    assert all(0 <= s["p10"] <= s["median"] <= s["p90"] for s in stats.values())
