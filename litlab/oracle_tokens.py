@@ -5,7 +5,9 @@ A decoder that cannot answer a question from an encoder's tokens has two suspect
 tokens that name exactly what they cover separates the two. An oracle token is one-hot over the
 color and over the shape of the object whose box holds the token's center, and all zeros on the
 background, padded with zeros to the encoder's width so that the decoder, its shapes and its
-compiled programs are the ones an encoder run uses (`inputs.image_tokens="oracle"`).
+compiled programs are the ones an encoder run uses (`inputs.image_tokens="oracle"`). With
+`inputs.image_tokens="encoder+oracle"` the same one-hot features replace the first features of
+the encoder's own tokens (`overlay`): the signal is perfect, the other features are the encoder's.
 Such a run reads oracle tokens wherever tokens come from `runs.image_tokens` (training,
 evaluation, studies); prompting it with pixels (`litlab.prompting`) would feed it the encoder's
 tokens, which it never saw.
@@ -35,6 +37,18 @@ def tokens_for(objects: list[dict], resolution: int, patch: int, width: int) -> 
         table[k + 1, COLORS.index(o["color"])] = 1.0
         table[k + 1, len(COLORS) + SHAPES.index(o["shape"])] = 1.0
     return table[patch_objects(objects, resolution, patch)]
+
+
+def overlay(encoder_tokens: np.ndarray, oracle: np.ndarray) -> np.ndarray:
+    """A copy of `encoder_tokens` [n, N, D] whose first FEATURES features are the oracle's: the
+    same perfect signal as the oracle arm, beside the encoder's other features instead of zeros
+    (`inputs.image_tokens="encoder+oracle"`). If a decoder finds it there as it does in pure oracle
+    tokens, the encoder's dense features do not hide it, and what the encoder lacks is the signal."""
+    if encoder_tokens.shape != oracle.shape:
+        raise ValueError(f"encoder tokens {encoder_tokens.shape} and oracle tokens {oracle.shape} differ in shape.")
+    out = np.array(encoder_tokens, copy=True)
+    out[..., :FEATURES] = oracle[..., :FEATURES]
+    return out
 
 
 def tokens(image_keys: list[str], token_shape: tuple[int, int], *, seed: int, resolution: int) -> np.ndarray:

@@ -145,18 +145,24 @@ def encoder_fn(model: lit_decoder.Model, params: dict):
 
 def image_tokens(config, model, params, images: np.ndarray, image_keys: list[str], *,
                  desc: str = "cache features") -> np.ndarray:
-    """The encoder's tokens for `images` (or, with inputs.image_tokens="oracle", tokens read off the
-    renderer's annotations, `litlab.oracle_tokens`). A frozen encoder with `feature_cache="disk"` reads them
-    from (or adds them to) the shared on-disk cache, so every run and every evaluation over the
-    same pixels with the same encoder encodes them once; otherwise they are encoded in memory."""
-    if config.inputs.image_tokens == "oracle":
+    """The encoder's tokens for `images`; with inputs.image_tokens="oracle", tokens read off the
+    renderer's annotations instead (`litlab.oracle_tokens`), and with "encoder+oracle", the
+    encoder's tokens with their first features replaced by the oracle's. A frozen encoder with
+    `feature_cache="disk"` reads them from (or adds them to) the shared on-disk cache, so every run
+    and every evaluation over the same pixels with the same encoder encodes them once; otherwise
+    they are encoded in memory."""
+    mode = config.inputs.image_tokens
+    if mode != "encoder":
         from litlab import oracle_tokens
-        return oracle_tokens.tokens(image_keys, model.token_shape(), seed=config.data.seed,
-                                    resolution=config.data.resolution).astype(features.BF16)
+        oracle = oracle_tokens.tokens(image_keys, model.token_shape(), seed=config.data.seed,
+                                      resolution=config.data.resolution).astype(features.BF16)
+        if mode == "oracle":
+            return oracle
     where = "disk" if config.feature_cache == "disk" and config.encoder.trainable is False else "memory"
-    return features.build(encoder_fn(model, params), images, image_keys, model.token_shape(),
-                          encoder_digest=features.params_digest(params["img"]), where=where,
-                          cache_dir=tasks.cache_dir() / "features", batch_size=config.eval.batch_size, desc=desc)
+    tokens = features.build(encoder_fn(model, params), images, image_keys, model.token_shape(),
+                            encoder_digest=features.params_digest(params["img"]), where=where,
+                            cache_dir=tasks.cache_dir() / "features", batch_size=config.eval.batch_size, desc=desc)
+    return tokens if mode == "encoder" else oracle_tokens.overlay(tokens, oracle)
 
 
 # The last few splits built, shared read-only: a study's consecutive runs (the seeds of an arm)

@@ -199,12 +199,12 @@ def validate(config) -> None:
     sharding.check_strategy(config.sharding_strategy)
     for key, allowed in (("matmul_precision", ("float32", "bfloat16")), ("feature_cache", ("memory", "disk", "none")),
                          ("optimizer.name", ("adamw", "adafactor")), ("schedule.name", ("cosine", "rsqrt")),
-                         ("inputs.image_tokens", ("encoder", "oracle"))):
+                         ("inputs.image_tokens", ("encoder", "oracle", "encoder+oracle"))):
         if flat[key] not in allowed:
             raise ValueError(f"config key {key!r} must be one of {allowed}, got {flat[key]!r}.")
-    if config.inputs.image_tokens == "oracle" and (config.feature_cache == "none" or config.encoder.trainable is not False):
-        raise ValueError("inputs.image_tokens='oracle' replaces the frozen encoder's cached tokens; it needs "
-                         "feature_cache='memory' or 'disk' and encoder.trainable=False.")
+    if config.inputs.image_tokens != "encoder" and (config.feature_cache == "none" or config.encoder.trainable is not False):
+        raise ValueError(f"inputs.image_tokens={config.inputs.image_tokens!r} replaces the frozen encoder's cached "
+                         "tokens; it needs feature_cache='memory' or 'disk' and encoder.trainable=False.")
     runs.prompting(config)  # an unknown prompt style or question place fails here
     mixtures.get_mixture(config.mixture)
     decode.parse_method(config.eval.decode)  # not only after training has finished

@@ -63,9 +63,30 @@ def test_an_oracle_run_reads_oracle_tokens_and_never_runs_the_encoder(tok, monke
     np.testing.assert_array_equal(got.astype(np.float32), want)
 
 
+def test_encoder_plus_oracle_keeps_the_encoder_tokens_beside_the_oracle_features(tok):
+    config = _oracle_config(**{"inputs.image_tokens": "encoder+oracle"})
+    train.validate(config)
+    model = runs.build_model(config, tok.vocab_size)
+    params = runs.init_params(model, config)
+    data = runs.load_data(config, tok)
+    got = runs.image_tokens(config, model, params, data.images, data.image_keys).astype(np.float32)
+    encoder = runs.image_tokens(config_lib.override(config, {"inputs.image_tokens": "encoder"}), model, params,
+                                data.images, data.image_keys).astype(np.float32)
+    oracle = runs.image_tokens(_oracle_config(), model, params, data.images, data.image_keys).astype(np.float32)
+    k = oracle_tokens.FEATURES
+    np.testing.assert_array_equal(got[..., :k], oracle[..., :k])
+    np.testing.assert_array_equal(got[..., k:], encoder[..., k:])
+    assert np.abs(encoder[..., :k]).sum() > 0 and not np.array_equal(got, oracle)
+    with pytest.raises(ValueError, match=r"differ in shape"):
+        oracle_tokens.overlay(encoder[:, :4], oracle)
+
+
 def test_oracle_settings_that_cannot_work_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"'inputs.image_tokens' must be one of \('encoder', 'oracle'\), got 'oracel'"):
+    with pytest.raises(ValueError, match=r"'inputs.image_tokens' must be one of \('encoder', 'oracle', "
+                                         r"'encoder\+oracle'\), got 'oracel'"):
         train.validate(_oracle_config(**{"inputs.image_tokens": "oracel"}))
+    with pytest.raises(ValueError, match=r"inputs.image_tokens='encoder\+oracle' replaces"):
+        train.validate(_oracle_config(**{"inputs.image_tokens": "encoder+oracle", "feature_cache": "none"}))
     with pytest.raises(ValueError, match="needs feature_cache='memory' or 'disk'"):
         train.validate(_oracle_config(feature_cache="none"))
     with pytest.raises(ValueError, match="encoder.trainable=False"):

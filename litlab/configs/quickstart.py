@@ -26,8 +26,9 @@ def get_config(arg=None):
     # How the question meets the image (the modality-combination axis): in the decoder's prompt,
     # as memory beside the image tokens (the prompt keeps only the task cue), or withheld; and
     # image=False withholds the image (the text-only arm: the language prior).
-    # image_tokens: "encoder", or "oracle" (one-hot color and shape of the object each token
-    # covers, from the renderer: what a decoder reaches from perfect tokens; litlab/oracle_tokens.py).
+    # image_tokens: "encoder", "oracle" (one-hot color and shape of the object each token covers,
+    # from the renderer: what a decoder reaches from perfect tokens; litlab/oracle_tokens.py), or
+    # "encoder+oracle" (the encoder's tokens with those one-hot features in place of their first 16).
     c.inputs = ml_collections.ConfigDict(dict(question="prompt", image=True, image_tokens="encoder"))
     # seed: the benchmark's content (which images, which questions), fixed like a real dataset's.
     # limit: images per task's train split; 8,000 keeps the feature cache build near a minute.

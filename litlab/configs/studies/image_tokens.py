@@ -6,9 +6,12 @@
 When a family stays near chance, this study says whether the decoder or the tokens are to blame.
 The same decoder and recipe are trained on that family alone, reading the shipped encoder's
 tokens (the reference), oracle tokens (one-hot color and shape of the object each token covers,
-`litlab/oracle_tokens.py`), a random encoder of the same architecture, or no image at all (the
-language prior). An oracle far above the encoder means the tokens are the bound; an oracle near
-it means the decoder or its steps are.
+`litlab/oracle_tokens.py`), the encoder's tokens carrying those oracle features in place of their
+first 16, a random encoder of the same architecture, or no image at all (the language prior).
+An oracle far above the encoder means the tokens are the bound; an oracle near it means the
+decoder or its steps are. Where the encoder's tokens with the oracle's features inside them do
+as well as the oracle, the encoder's other features do not hide a clean signal, so the encoder
+lacks one; where they do as badly as the encoder, the decoder does not find one among them.
 """
 
 import dataclasses
@@ -25,8 +28,9 @@ FAMILIES = {**{f: "scenes_vqa" for f in language.FAMILIES}, **{f: "text_vqa" for
 # `fast` keeps the quickstart's decoder and batch, trains 400 steps on one family's questions of
 # 8,000 images, scores 500 images per split, and runs the two arms that answer the question
 # (about 6 minutes a run on 2 cores). `full` trains the same recipe 1,000 steps, where one oracle
-# seed had reached 0.95 and one encoder seed 0.51, and adds the random encoder and the language
-# prior: 12 runs of about 14 minutes, which `study run ... --arms encoder,oracle` splits up.
+# seed had reached 0.95 and one encoder seed 0.51, and adds the encoder+oracle tokens, the random
+# encoder and the language prior: 15 runs of about 11 minutes, which `study run ... --arms
+# encoder,oracle` splits up.
 # Its data.max_len of 28 fits the longest example of any single family (comparison, 27 tokens)
 # and saves the step the padding that the quickstart's mixture needs.
 FAST = {"decoder.width": 256, "decoder.num_heads": 4, "decoder.mlp_dim": 1024, "batch_size": 128,
@@ -43,12 +47,13 @@ def get_study(arg=None):
     settings = _settings.all_settings(smoke={"mixture": task}, fast={**FAST, "mixture": task},
                                       full={**FULL, "mixture": task})
     # The smoke encoder is already a random one (no checkpoint), so that arm would repeat the reference.
-    settings["smoke"] = dataclasses.replace(settings["smoke"], arms=("encoder", "oracle", "no_image"))
+    settings["smoke"] = dataclasses.replace(settings["smoke"], arms=("encoder", "oracle", "encoder_oracle", "no_image"))
     settings["fast"] = dataclasses.replace(settings["fast"], arms=("encoder", "oracle"))
     return Study(
         name=f"image_tokens_{family}",
         question=f"Is the {family} family bound by the encoder's tokens or by the decoder?",
-        arms={"encoder": {}, "oracle": {"inputs.image_tokens": "oracle"}, "random_encoder": {"encoder.path": ""},
+        arms={"encoder": {}, "oracle": {"inputs.image_tokens": "oracle"},
+              "encoder_oracle": {"inputs.image_tokens": "encoder+oracle"}, "random_encoder": {"encoder.path": ""},
               "no_image": {"inputs.image": False}},
         reference="encoder",
         settings=settings)
