@@ -64,7 +64,8 @@ def tokens(image_keys: list[str], token_shape: tuple[int, int], *, seed: int, re
         parts = key.split("/")
         if len(parts) != 3 or parts[0] not in scenes.SOURCES or not parts[2].isdigit():
             raise ValueError(f"image {key!r} is not an image of the embedded benchmark: oracle tokens "
-                             "(inputs.image_tokens='oracle') are built from its renderer's object boxes.")
+                             "(inputs.image_tokens='oracle' or 'encoder+oracle') are built from its renderer's "
+                             "object boxes.")
         wanted[parts[0], parts[1]].append((row, int(parts[2])))
     out = np.zeros((len(image_keys), n_tokens, width), np.float32)
     for (source, split), rows in wanted.items():
@@ -73,7 +74,7 @@ def tokens(image_keys: list[str], token_shape: tuple[int, int], *, seed: int, re
         for row, i in rows:
             if "objects" not in records[i]:
                 raise ValueError(f"image {image_keys[row]!r}: source {source!r} has no object boxes, so it has no "
-                                 "oracle tokens; use inputs.image_tokens='oracle' with objects, scenes or "
-                                 "text_scenes tasks.")
+                                 "oracle tokens; use inputs.image_tokens='oracle' or 'encoder+oracle' with objects, "
+                                 "scenes or text_scenes tasks.")
             out[row] = tokens_for(records[i]["objects"], resolution, resolution // side, width)
     return out

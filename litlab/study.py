@@ -162,7 +162,8 @@ def run(study: Study | str, setting: str = "fast", *, results: str | Path | None
         progress: bool = True, arms: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Runs (or reads back) every arm x seed, or those of `arms` only; returns the tidy table and
     writes it, its summary, the paired differences and the chart into RESULTS/<study>/<setting>/.
-    A later run with more arms reads the finished ones back and rewrites the table with all."""
+    These then hold the arms of this call only, and the findings name the arms not yet run; a
+    later call with more arms (or all) reads the finished runs back and writes them all."""
     study = load(study) if isinstance(study, str) else study
     root = results_root(results)
     plan = study.configs(setting, arms)
@@ -264,6 +265,12 @@ def findings(study: Study, table: pd.DataFrame) -> list[str]:
                        f"{', '.join(quiet)}")
     if n_seeds < 2:
         out.append("only one seed: no interval can be computed; run more seeds before reading any difference.")
+    setting = table.setting.iloc[0] if "setting" in table and len(table) else None
+    if setting in study.settings:
+        missing = [a for a in study.settings[setting].arms or study.arms if a not in set(table.arm)]
+        if missing:
+            out.append(f"arms {missing} of the {setting!r} setting are not in this table yet; run the study "
+                       "without --arms to add them.")
     return [f"{s} (95% CI over {n_seeds} seeds)." if not s.endswith(".") else s for s in out]
 
 
@@ -396,7 +403,8 @@ def main(argv=None) -> int:
         p.add_argument("study", help=f"one of {available()}, optionally NAME:ARG")
         p.add_argument("--setting", default="fast", choices=SETTINGS)
         p.add_argument("--results", default=None, help=f"results folder (default ${{LITLAB_RESULTS}} or {DEFAULT_RESULTS})")
-    sub.choices["run"].add_argument("--arms", default=None, type=lambda v: tuple(a for a in v.split(",") if a),
+    sub.choices["run"].add_argument("--arms", default=None,
+                                    type=lambda v: tuple(a.strip() for a in v.split(",") if a.strip()),
                                     help="comma-separated arms to run now, the reference among them (default: all)")
     sub.add_parser("list")
     args = ap.parse_args(argv)

@@ -260,6 +260,9 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
         study.Study("x", "q", {"a": {}}, "a", trimmed)
     some = tiny().configs("smoke", arms=("cross", "pooled"))
     assert [(a, seed) for a, seed, _ in some] == [("cross", 0), ("cross", 1), ("pooled", 0), ("pooled", 1)]
+    partial = _synthetic([0.5, 0.6, 0.55], [0.5, 0.6, 0.55]).assign(setting="smoke")
+    assert any("arms ['pooled'] of the 'smoke' setting are not in this table yet" in f
+               for f in study.findings(tiny(), partial))
     assert study.main(["run", "conditioning", "--setting", "smoke", "--arms", "prefix"]) == 2
     assert "arms ['prefix'] must be among its arms ['cross', 'prefix', 'pooled'] and include the reference " \
            "'cross'" in capsys.readouterr().err
