@@ -220,6 +220,14 @@ def _median_spread(times: list[float]) -> dict:
     return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90))}
 
 
+def compile_with_flops(fn, *args):
+    """(the executable `fn` compiles to for `args`, XLA's `cost_analysis` FLOP count of it). The
+    executable is what gets timed, so the program counted is the program run, compiled once."""
+    compiled = fn.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    return compiled, float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
 def _time_alternately(runners: dict, states: dict, repeats: int) -> dict[str, dict]:
     """{name: median, p10 and p90 seconds} of each `runners[name](state) -> (state, metrics)`,
     called in turn so that all of them see the same machine, `repeats` timed rounds after one
@@ -307,12 +315,9 @@ def bench_mfu(*, quick: bool = False) -> dict:
     for prec in ("float32", "bfloat16"):
         c = config.override(base, {"matmul_precision": prec})
         step, states[prec], batch_arrays = train_step_setup(c, batch, tok_vocab)
-        fn = jax.jit(step, donate_argnums=0)
-        compiled = fn.lower(states[prec], batch_arrays, key).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        runners[prec] = lambda st, fn=fn, arrays=batch_arrays: fn(st, arrays, key)
-        steps[prec] = {"flops": config_flops(c, batch_arrays, tok_vocab), "xla_flops": float(cost["flops"]),
+        compiled, xla_flops = compile_with_flops(jax.jit(step, donate_argnums=0), states[prec], batch_arrays, key)
+        runners[prec] = lambda st, fn=compiled, arrays=batch_arrays: fn(st, arrays, key)
+        steps[prec] = {"flops": config_flops(c, batch_arrays, tok_vocab), "xla_flops": xla_flops,
                        "dots": dot_dtypes(compiled.as_text())}
     for prec, stat in _time_alternately(runners, states, repeats).items():
         s = steps[prec]
@@ -508,14 +513,12 @@ def bench_big_vision(*, quick: bool = False, checkout: str | None = None) -> dic
     bv_fn, bv_state = _big_vision_cappa_step(c, arrays, vocab, Path(checkout))
     bv_arrays = {k: arrays[k] for k in ("tokens", "loss_mask", "image_tokens")}
 
-    def xla_gflop(fn, *args):
-        cost = fn.lower(*args).compile().cost_analysis()
-        return round(float((cost[0] if isinstance(cost, list) else cost)["flops"]) / 1e9, 3)
-
-    out = {"batch": batch, "litlab_xla_gflop": xla_gflop(litlab_fn, state, arrays, key),
-           "big_vision_xla_gflop": xla_gflop(bv_fn, bv_state, bv_arrays),
+    litlab_exe, litlab_flops = compile_with_flops(litlab_fn, state, arrays, key)
+    bv_exe, bv_flops = compile_with_flops(bv_fn, bv_state, bv_arrays)
+    out = {"batch": batch, "litlab_xla_gflop": round(litlab_flops / 1e9, 3),
+           "big_vision_xla_gflop": round(bv_flops / 1e9, 3),
            "litlab_analytic_gflop": round(config_flops(c, arrays, vocab) / 1e9, 3)}
-    runners = {"litlab": lambda st: litlab_fn(st, arrays, key), "big_vision": lambda st: bv_fn(st, bv_arrays)}
+    runners = {"litlab": lambda st: litlab_exe(st, arrays, key), "big_vision": lambda st: bv_exe(st, bv_arrays)}
     states = {"litlab": state, "big_vision": bv_state}
     for name, stat in _time_alternately(runners, states, repeats).items():
         out[f"{name}_step_ms"] = round(1e3 * stat["median"], 1)

@@ -73,13 +73,17 @@ class Study:
                 raise ValueError(f"study {self.name!r}, setting {name!r}: its arms {list(s.arms)} must be arms of "
                                  f"the study ({list(self.arms)}) and include the reference {self.reference!r}.")
 
+    def arms_at(self, setting: str) -> tuple[str, ...]:
+        """The arms that `setting` runs: its own list, or all of the study's."""
+        return self.settings[setting].arms or tuple(self.arms)
+
     def configs(self, setting: str, arms: tuple[str, ...] | None = None) -> list[tuple[str, int, object]]:
         """(arm, seed, resolved config) for every run of the study at `setting`, or of only the
         given arms of it (the reference among them), to run a long setting an arm at a time."""
         if setting not in self.settings:
             raise ValueError(f"unknown setting {setting!r}; choose one of {list(self.settings)}.")
         s = self.settings[setting]
-        ran = s.arms or tuple(self.arms)
+        ran = self.arms_at(setting)
         if arms is not None and (set(arms) - set(ran) or self.reference not in arms):
             raise ValueError(f"study {self.name!r}, setting {setting!r}: arms {list(arms)} must be among its arms "
                              f"{list(ran)} and include the reference {self.reference!r}.")
@@ -267,7 +271,7 @@ def findings(study: Study, table: pd.DataFrame) -> list[str]:
         out.append("only one seed: no interval can be computed; run more seeds before reading any difference.")
     setting = table.setting.iloc[0] if "setting" in table and len(table) else None
     if setting in study.settings:
-        missing = [a for a in study.settings[setting].arms or study.arms if a not in set(table.arm)]
+        missing = [a for a in study.arms_at(setting) if a not in set(table.arm)]
         if missing:
             out.append(f"arms {missing} of the {setting!r} setting are not in this table yet; run the study "
                        "without --arms to add them.")

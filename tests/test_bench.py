@@ -24,8 +24,7 @@ def test_analytic_step_flops_match_xla(conditioning, width):
     B, L = 8, c.data.max_len
     step, state, batch = bench.train_step_setup(c, B, 1000)
     n, d = batch["image_tokens"].shape[1:]
-    cost = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0)).compile().cost_analysis()
-    xla = float((cost[0] if isinstance(cost, list) else cost)["flops"])
+    _, xla = bench.compile_with_flops(jax.jit(step), state, batch, jax.random.PRNGKey(0))
     ours = bench.step_flops(batch=B, text_len=L - 1, image_tokens=n, image_width=d, width=width, depth=2,
                             mlp_dim=256, vocab=1000, conditioning=conditioning)
     assert bench.config_flops(c, batch, 1000) == ours
@@ -128,9 +127,8 @@ def test_vit_forward_flops_match_xla():
     model = vit.Model(**cfg)
     x = jnp.zeros((2, 64, 64, 3))
     params = model.init(jax.random.PRNGKey(0), x)["params"]
-    cost = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    assert 0.8 < 2 * bench.vit_forward_flops(cfg, 64) / cost["flops"] <= 1.0
+    _, xla = bench.compile_with_flops(jax.jit(lambda p, x: model.apply({"params": p}, x)), params, x)
+    assert 0.8 < 2 * bench.vit_forward_flops(cfg, 64) / xla <= 1.0
     assert bench.vit_forward_flops(bench.VIT_B16, 224) == pytest.approx(34.9e9, rel=0.01)  # ViT-B/16: 17.5 GMACs
 
 
