@@ -85,3 +85,13 @@ def test_registry():
     assert "all_uniform" in mixtures.mixture_names()
     with pytest.raises(KeyError, match="unknown mixture"):
         mixtures.get_mixture("nope")
+
+
+def test_plus_joins_tasks_at_uniform_rates():
+    m = mixtures.get_mixture("scenes_vqa_existence+scenes_caption")
+    assert m.tasks == ("scenes_vqa_existence", "scenes_caption") and m.rates == "uniform"
+    assert m.strategy == "mixed"
+    with pytest.raises(KeyError, match=r"unknown: \['nope'\]"):
+        mixtures.get_mixture("scenes_caption+nope")
+    with pytest.raises(KeyError, match="a task repeats"):
+        mixtures.get_mixture("scenes_caption+scenes_caption")

@@ -245,6 +245,11 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     assert {a for a, _, _ in depth.configs("full")} == {"depth1", "depth2", "depth4", "depth6"}
     fast = study.load("conditioning").configs("fast")
     assert len({(c.data.seed, c.eval.limit, c.data.limit) for _, _, c in fast}) == 1, "every arm sees the same data"
+    for family, dense in (("existence", "scenes_caption"), ("reading", "words_ocr")):
+        cotrain = {a: c for a, _, c in study.load(f"image_tokens:family={family}").configs("full")}["encoder_cotrain"]
+        task = cotrain.eval.tasks[0]
+        assert cotrain.mixture == f"{task}+{dense}" and list(cotrain.eval.tasks) == [task] and task.endswith(family)
+        assert study.tasks_of(cotrain) == (task,), "scored on the family's task like every other arm"
     bad = tiny(arms={"a": {"decoder.condtioning": "prefix"}})
     with pytest.raises(ValueError, match=r"arm 'a': unknown config key\(s\): 'decoder.condtioning'"):
         bad.configs("smoke")

@@ -175,14 +175,25 @@ def register_mixture(mixture: Mixture) -> Mixture:
 
 
 def get_mixture(name: str) -> Mixture:
-    """A registered mixture, or the single-task mixture of a registered task of that name."""
+    """A registered mixture; the single-task mixture of a registered task of that name; or, for
+    "TASK+TASK[+...]", those tasks at uniform rates, mixed in each batch: an ad-hoc mixture from the
+    command line (`--config.mixture=scenes_vqa_existence+scenes_caption`) without registering one."""
     if name in _MIXTURES:
         return _MIXTURES[name]
     from litlab.data import tasks  # tasks registers on import; avoid a cycle at module load
     if name in tasks.task_names():
         return Mixture(name, (name,), "uniform", "mixed")
+    parts = name.split("+") if isinstance(name, str) else []
+    if len(parts) > 1:
+        unknown = [p for p in parts if p not in tasks.task_names()]
+        if unknown or len(set(parts)) != len(parts):
+            raise KeyError(f"mixture {name!r}: a 'TASK+TASK' mixture takes distinct task names; "
+                           f"{'unknown: ' + str(unknown) if unknown else 'a task repeats'}. "
+                           f"Tasks: {tasks.task_names()}.")
+        return Mixture(name, tuple(parts), "uniform", "mixed")
     raise KeyError(f"unknown mixture {name!r}; registered mixtures: {sorted(_MIXTURES)}, "
-                   f"or any task name for a single-task mixture: {tasks.task_names()}.")
+                   f"any task name for a single-task mixture: {tasks.task_names()}, "
+                   "or task names joined by '+' for those tasks at uniform rates.")
 
 
 def mixture_names() -> list[str]:

@@ -8,6 +8,10 @@ The same decoder and recipe are trained on that family alone, reading the shippe
 tokens (the reference), oracle tokens (one-hot color and shape of the object each token covers,
 `litlab/oracle_tokens.py`), the encoder's tokens carrying those oracle features in place of their
 first 16, a random encoder of the same architecture, or no image at all (the language prior).
+One more arm changes the supervision, not the tokens: `encoder_cotrain` reads the encoder's
+tokens but trains on a mixture of the family's questions and a dense task at equal rates (scene
+captions, which name every object's color and shape; reading the word for text families), so it
+sees half as many of the family's questions, each with the same yes or no.
 An oracle far above the encoder means the tokens are the bound; an oracle near it means the
 decoder or its steps are. Where the encoder's tokens with the oracle's features inside them do
 as well as the oracle, the encoder's other features do not hide a clean signal, so the encoder
@@ -20,6 +24,8 @@ from litlab.configs.studies import _settings
 from litlab.data import language
 from litlab.study import Study
 
+# The dense task each image source is co-trained with in the encoder_cotrain arm.
+DENSE_TASK = {"scenes_vqa": "scenes_caption", "text_vqa": "words_ocr"}
 FAMILIES = {**{f: "scenes_vqa" for f in language.FAMILIES}, **{f: "text_vqa" for f in language.TEXT_FAMILIES}}
 
 # The search over 64 tokens is learned late or not at all: from oracle tokens the quickstart's
@@ -44,16 +50,20 @@ def get_study(arg=None):
     if key != "family" or family not in FAMILIES:
         raise ValueError(f"image_tokens takes 'family=F' with F one of {sorted(FAMILIES)}, got {arg!r}.")
     task = f"{FAMILIES[family]}_{family}"
+    # Scored on the family's task only, like every other arm; max_len 36 fits captions.
+    cotrain = {"mixture": f"{task}+{DENSE_TASK[FAMILIES[family]]}", "eval.tasks": [task], "data.max_len": 36}
     settings = _settings.all_settings(smoke={"mixture": task}, fast={**FAST, "mixture": task},
                                       full={**FULL, "mixture": task})
     # The smoke encoder is already a random one (no checkpoint), so that arm would repeat the reference.
-    settings["smoke"] = dataclasses.replace(settings["smoke"], arms=("encoder", "oracle", "encoder_oracle", "no_image"))
+    settings["smoke"] = dataclasses.replace(settings["smoke"], arms=("encoder", "oracle", "encoder_oracle",
+                                                                         "encoder_cotrain", "no_image"))
     settings["fast"] = dataclasses.replace(settings["fast"], arms=("encoder", "oracle"))
     return Study(
         name=f"image_tokens_{family}",
         question=f"Is the {family} family bound by the encoder's tokens or by the decoder?",
         arms={"encoder": {}, "oracle": {"inputs.image_tokens": "oracle"},
               "encoder_oracle": {"inputs.image_tokens": "encoder+oracle"}, "random_encoder": {"encoder.path": ""},
+              "encoder_cotrain": cotrain,
               "no_image": {"inputs.image": False}},
         reference="encoder",
         settings=settings)
