@@ -371,12 +371,16 @@ def predictions(study: Study, setting: str, *, split: str = "test", seed: int | 
 
 def curves(study: Study, setting: str, *, results: str | Path | None = None) -> pd.DataFrame:
     """Training loss against step, one row per (arm, seed, step), from each run's metrics.jsonl:
-    whether an arm left the answer prior, and when, which a final score alone does not show."""
+    whether an arm left the answer prior, and when, which a final score alone does not show.
+    A run scored on one task plots that task's loss, so an arm that also trains on another task
+    (a co-training arm) is compared on the same loss as the others."""
     rows = []
     for arm, seed, config in study.configs(setting):
         path = run_dir(config, results_root(results)) / "metrics.jsonl"
+        scored = tasks_of(config)
+        key = f"loss/{scored[0]}" if len(scored) == 1 else "loss"
         if path.is_file():
-            rows += [{"arm": arm, "seed": seed, "step": m["step"], "loss": m["loss"]}
+            rows += [{"arm": arm, "seed": seed, "step": m["step"], "loss": m.get(key, m["loss"])}
                      for m in map(json.loads, path.read_text().splitlines()) if "loss" in m]
     if not rows:
         raise FileNotFoundError(f"no training logs of study {study.name!r} at {setting!r} under "

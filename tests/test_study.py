@@ -99,6 +99,17 @@ def test_learning_curves_come_from_every_run_of_the_study(smoke_study, tmp_path)
         study.curves(s, "smoke", results=tmp_path)
 
 
+def test_a_cotraining_arm_plots_the_loss_of_the_task_it_is_scored_on(tmp_path):
+    s = study.load("image_tokens")
+    for arm, seed, config in s.configs("smoke", arms=("encoder", "encoder_cotrain")):
+        d = study.run_dir(config, tmp_path)
+        d.mkdir(parents=True)
+        row = {"step": 2, "loss": 9.0, "loss/scenes_vqa_existence": 0.3, "loss/scenes_caption": 17.7}
+        (d / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    curves = study.curves(s, "smoke", results=tmp_path)
+    assert set(curves.arm) == {"encoder", "encoder_cotrain"} and (curves.loss == 0.3).all()
+
+
 def test_each_run_records_where_its_time_went(smoke_study):
     """Phase timings (what `litlab.bench study` sums into a study's overhead share) cover each
     run's wall time."""
