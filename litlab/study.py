@@ -68,10 +68,15 @@ class Study:
         if missing:
             raise ValueError(f"study {self.name!r} lacks the setting(s) {missing}.")
         for name, s in self.settings.items():
-            unknown = sorted(set(s.arms or ()) - set(self.arms))
-            if unknown or (s.arms is not None and self.reference not in s.arms):
-                raise ValueError(f"study {self.name!r}, setting {name!r}: its arms {list(s.arms)} must be arms of "
-                                 f"the study ({list(self.arms)}) and include the reference {self.reference!r}.")
+            if s.arms is not None:
+                self._check_arms(s.arms, tuple(self.arms), f"setting {name!r}")
+
+    def _check_arms(self, arms, allowed, where: str) -> None:
+        """A subset of arms (a setting's, or a caller's) must lie in `allowed` and hold the reference,
+        which every finding is paired against."""
+        if set(arms) - set(allowed) or self.reference not in arms:
+            raise ValueError(f"study {self.name!r}, {where}: arms {list(arms)} must be among {list(allowed)} "
+                             f"and include the reference {self.reference!r}.")
 
     def arms_at(self, setting: str) -> tuple[str, ...]:
         """The arms that `setting` runs: its own list, or all of the study's."""
@@ -84,9 +89,8 @@ class Study:
             raise ValueError(f"unknown setting {setting!r}; choose one of {list(self.settings)}.")
         s = self.settings[setting]
         ran = self.arms_at(setting)
-        if arms is not None and (set(arms) - set(ran) or self.reference not in arms):
-            raise ValueError(f"study {self.name!r}, setting {setting!r}: arms {list(arms)} must be among its arms "
-                             f"{list(ran)} and include the reference {self.reference!r}.")
+        if arms is not None:
+            self._check_arms(arms, ran, f"setting {setting!r}, arms to run")
         base = config_lib.override(config_lib.load(s.base), s.overrides)
         out = []
         for arm, overrides in self.arms.items():

@@ -271,7 +271,7 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     with pytest.raises(ValueError, match="reference arm 'z'"):
         study.Study("x", "q", {"a": {}}, "z", tiny().settings)
     trimmed = {**tiny().settings, "fast": study.Setting("quickstart", {}, arms=("b",))}
-    with pytest.raises(ValueError, match=r"setting 'fast': its arms \['b'\] must be arms of the study \(\['a'\]\) "
+    with pytest.raises(ValueError, match=r"setting 'fast': arms \['b'\] must be among \['a'\] "
                                          r"and include the reference 'a'"):
         study.Study("x", "q", {"a": {}}, "a", trimmed)
     some = tiny().configs("smoke", arms=("cross", "pooled"))
@@ -280,8 +280,8 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     assert any("arms ['pooled'] of the 'smoke' setting are not in this table yet" in f
                for f in study.findings(tiny(), partial))
     assert study.main(["run", "conditioning", "--setting", "smoke", "--arms", "prefix"]) == 2
-    assert "arms ['prefix'] must be among its arms ['cross', 'prefix', 'pooled'] and include the reference " \
-           "'cross'" in capsys.readouterr().err
+    assert "setting 'smoke', arms to run: arms ['prefix'] must be among ['cross', 'prefix', 'pooled'] and " \
+           "include the reference 'cross'" in capsys.readouterr().err
     assert study.main(["run", "nope", "--setting", "smoke"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
     assert study.main(["show", "conditioning", "--results", "/nonexistent"]) == 2
