@@ -303,3 +303,22 @@ def test_arm_comparison_shows_every_arm_on_the_same_example(smoke_study):
     broken = dict(preds, prefix=preds["prefix"][1:])
     with pytest.raises(ValueError, match="arm 'prefix' was evaluated on other examples than 'cross'"):
         widgets.arm_comparison(broken)
+
+
+def test_image_tokens_full_max_len_fits_every_family_whole():
+    """The full setting's data.max_len (28) was sized on one family's longest example; a template
+    or vocabulary change that outgrows it must fail here, not truncate a study's answers."""
+    import warnings
+    from litlab import runs
+    from litlab.configs.studies import image_tokens
+    from litlab.data.tokenizer import Tokenizer
+    for family in image_tokens.FAMILIES:
+        for arm, seed, config in study.load(f"image_tokens:family={family}").configs("full"):
+            if seed or arm not in ("encoder", "encoder_cotrain"):  # the others read the same data
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a truncated or dropped example warns
+                data = runs.load_data(config, Tokenizer(), "train", limit=1500)
+            for task in data.tasks:
+                assert task.stats["truncated"] == 0 and task.stats["dropped_no_target"] == 0, (family, arm)
+                assert int(task.loss_mask.sum(1).min()) >= 2, (family, arm)  # the answer and EOS, whole
