@@ -69,13 +69,13 @@ class Study:
             raise ValueError(f"study {self.name!r} lacks the setting(s) {missing}.")
         for name, s in self.settings.items():
             if s.arms is not None:
-                self._check_arms(s.arms, tuple(self.arms), f"setting {name!r}")
+                self._check_arms(s.arms, tuple(self.arms), f"setting {name!r}: its arms")
 
     def _check_arms(self, arms, allowed, where: str) -> None:
         """A subset of arms (a setting's, or a caller's) must lie in `allowed` and hold the reference,
         which every finding is paired against."""
         if set(arms) - set(allowed) or self.reference not in arms:
-            raise ValueError(f"study {self.name!r}, {where}: arms {list(arms)} must be among {list(allowed)} "
+            raise ValueError(f"study {self.name!r}, {where} {list(arms)} must be among {list(allowed)} "
                              f"and include the reference {self.reference!r}.")
 
     def arms_at(self, setting: str) -> tuple[str, ...]:
@@ -90,7 +90,7 @@ class Study:
         s = self.settings[setting]
         ran = self.arms_at(setting)
         if arms is not None:
-            self._check_arms(arms, ran, f"setting {setting!r}, arms to run")
+            self._check_arms(arms, ran, f"setting {setting!r}: the arms to run")
         base = config_lib.override(config_lib.load(s.base), s.overrides)
         out = []
         for arm, overrides in self.arms.items():
@@ -378,14 +378,16 @@ def curves(study: Study, setting: str, *, results: str | Path | None = None) -> 
     whether an arm left the answer prior, and when, which a final score alone does not show.
     A run scored on one task plots that task's loss, so an arm that also trains on another task
     (a co-training arm) is compared on the same loss as the others."""
+    from litlab.data import mixtures
     rows = []
     for arm, seed, config in study.configs(setting):
         path = run_dir(config, results_root(results)) / "metrics.jsonl"
-        scored = tasks_of(config)
-        key = f"loss/{scored[0]}" if len(scored) == 1 else "loss"
+        scored, trained = tasks_of(config), mixtures.get_mixture(config.mixture).tasks
+        # A logged step whose batch held none of the scored task has no loss for it: skipped.
+        key = f"loss/{scored[0]}" if len(scored) == 1 and set(trained) != set(scored) else "loss"
         if path.is_file():
-            rows += [{"arm": arm, "seed": seed, "step": m["step"], "loss": m.get(key, m["loss"])}
-                     for m in map(json.loads, path.read_text().splitlines()) if "loss" in m]
+            rows += [{"arm": arm, "seed": seed, "step": m["step"], "loss": m[key]}
+                     for m in map(json.loads, path.read_text().splitlines()) if key in m]
     if not rows:
         raise FileNotFoundError(f"no training logs of study {study.name!r} at {setting!r} under "
                                 f"{results_root(results)}; run the study first.")

@@ -93,5 +93,9 @@ def test_plus_joins_tasks_at_uniform_rates():
     assert m.strategy == "mixed"
     with pytest.raises(KeyError, match=r"unknown: \['nope'\]"):
         mixtures.get_mixture("scenes_caption+nope")
+    with pytest.raises(KeyError, match="without spaces"):
+        mixtures.get_mixture("scenes_caption + words_ocr")
+    with pytest.raises(KeyError, match="registered mixtures cannot be joined"):
+        mixtures.get_mixture("all_uniform+words_ocr")
     with pytest.raises(KeyError, match="a task repeats"):
         mixtures.get_mixture("scenes_caption+scenes_caption")

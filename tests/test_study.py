@@ -104,10 +104,12 @@ def test_a_cotraining_arm_plots_the_loss_of_the_task_it_is_scored_on(tmp_path):
     for arm, seed, config in s.configs("smoke", arms=("encoder", "encoder_cotrain")):
         d = study.run_dir(config, tmp_path)
         d.mkdir(parents=True)
-        row = {"step": 2, "loss": 9.0, "loss/scenes_vqa_existence": 0.3, "loss/scenes_caption": 17.7}
-        (d / "metrics.jsonl").write_text(json.dumps(row) + "\n")
-    curves = study.curves(s, "smoke", results=tmp_path)
-    assert set(curves.arm) == {"encoder", "encoder_cotrain"} and (curves.loss == 0.3).all()
+        rows = [{"step": 2, "loss": 9.0, "loss/scenes_vqa_existence": 0.3, "loss/scenes_caption": 17.7},
+                {"step": 4, "loss": 8.0, "loss/scenes_caption": 16.0}]  # a batch without the family
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = study.curves(s, "smoke", results=tmp_path).set_index(["arm", "step"]).loss
+    assert curves[("encoder_cotrain", 2)].tolist() == [0.3, 0.3] and ("encoder_cotrain", 4) not in curves.index
+    assert curves[("encoder", 4)].tolist() == [8.0, 8.0], "a run trained on its scored task alone plots its loss"
 
 
 def test_each_run_records_where_its_time_went(smoke_study):
@@ -271,7 +273,7 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     with pytest.raises(ValueError, match="reference arm 'z'"):
         study.Study("x", "q", {"a": {}}, "z", tiny().settings)
     trimmed = {**tiny().settings, "fast": study.Setting("quickstart", {}, arms=("b",))}
-    with pytest.raises(ValueError, match=r"setting 'fast': arms \['b'\] must be among \['a'\] "
+    with pytest.raises(ValueError, match=r"setting 'fast': its arms \['b'\] must be among \['a'\] "
                                          r"and include the reference 'a'"):
         study.Study("x", "q", {"a": {}}, "a", trimmed)
     some = tiny().configs("smoke", arms=("cross", "pooled"))
@@ -280,7 +282,7 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     assert any("arms ['pooled'] of the 'smoke' setting are not in this table yet" in f
                for f in study.findings(tiny(), partial))
     assert study.main(["run", "conditioning", "--setting", "smoke", "--arms", "prefix"]) == 2
-    assert "setting 'smoke', arms to run: arms ['prefix'] must be among ['cross', 'prefix', 'pooled'] and " \
+    assert "setting 'smoke': the arms to run ['prefix'] must be among ['cross', 'prefix', 'pooled'] and " \
            "include the reference 'cross'" in capsys.readouterr().err
     assert study.main(["run", "nope", "--setting", "smoke"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
@@ -305,9 +307,11 @@ def test_arm_comparison_shows_every_arm_on_the_same_example(smoke_study):
         widgets.arm_comparison(broken)
 
 
+@pytest.mark.slow
 def test_image_tokens_full_max_len_fits_every_family_whole():
     """The full setting's data.max_len (28) was sized on one family's longest example; a template
-    or vocabulary change that outgrows it must fail here, not truncate a study's answers."""
+    or vocabulary change that outgrows it must fail here, not truncate a study's answers. Checked
+    on 1,500 training images per family and on the evaluated images of the scored splits."""
     import warnings
     from litlab import runs
     from litlab.configs.studies import image_tokens
@@ -316,9 +320,10 @@ def test_image_tokens_full_max_len_fits_every_family_whole():
         for arm, seed, config in study.load(f"image_tokens:family={family}").configs("full"):
             if seed or arm not in ("encoder", "encoder_cotrain"):  # the others read the same data
                 continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # a truncated or dropped example warns
-                data = runs.load_data(config, Tokenizer(), "train", limit=1500)
-            for task in data.tasks:
-                assert task.stats["truncated"] == 0 and task.stats["dropped_no_target"] == 0, (family, arm)
-                assert int(task.loss_mask.sum(1).min()) >= 2, (family, arm)  # the answer and EOS, whole
+            for split, limit in (("train", 1500), ("test", config.eval.limit), ("compositional", config.eval.limit)):
+                with warnings.catch_warnings():  # the pipeline warns of a truncated or dropped example
+                    warnings.filterwarnings("error", message=r".*(truncated|dropped)")
+                    data = runs.load_data(config, Tokenizer(), split, limit=limit)
+                for task in data.tasks:
+                    assert task.stats["truncated"] == 0 and task.stats["dropped_no_target"] == 0, (family, arm, split)
+                    assert int(task.loss_mask.sum(1).min()) >= 2, (family, arm, split)  # answer and EOS, whole

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-style", default="natural", choices=tasks.PROMPT_STYLES)
     s = sub.add_parser("stats", help="print JSON statistics of a mixture")
-    s.add_argument("--mixture", required=True, help=f"one of {mixtures.mixture_names()} or a task name")
+    s.add_argument("--mixture", required=True, help=f"one of {mixtures.mixture_names()}, a task name, or task names joined by '+'")
     s.add_argument("--split", default="train")
     s.add_argument("--batches", type=int, default=100)
     s.add_argument("--batch-size", type=int, default=256)

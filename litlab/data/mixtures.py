@@ -183,12 +183,14 @@ def get_mixture(name: str) -> Mixture:
     from litlab.data import tasks  # tasks registers on import; avoid a cycle at module load
     if name in tasks.task_names():
         return Mixture(name, (name,), "uniform", "mixed")
-    parts = name.split("+") if isinstance(name, str) else []
+    parts = name.split("+")
     if len(parts) > 1:
         unknown = [p for p in parts if p not in tasks.task_names()]
-        if unknown or len(set(parts)) != len(parts):
-            raise KeyError(f"mixture {name!r}: a 'TASK+TASK' mixture takes distinct task names; "
-                           f"{'unknown: ' + str(unknown) if unknown else 'a task repeats'}. "
+        why = ("write it without spaces (the name is part of the run's identity)" if any(p != p.strip() for p in parts)
+               else f"unknown: {unknown} (registered mixtures cannot be joined, only tasks)" if unknown
+               else "a task repeats" if len(set(parts)) != len(parts) else "")
+        if why:
+            raise KeyError(f"mixture {name!r}: a 'TASK+TASK' mixture takes distinct task names; {why}. "
                            f"Tasks: {tasks.task_names()}.")
         return Mixture(name, tuple(parts), "uniform", "mixed")
     raise KeyError(f"unknown mixture {name!r}; registered mixtures: {sorted(_MIXTURES)}, "

@@ -11,7 +11,8 @@ first 16, a random encoder of the same architecture, or no image at all (the lan
 One more arm changes the supervision, not the tokens: `encoder_cotrain` reads the encoder's
 tokens but trains on a mixture of the family's questions and a dense task at equal rates (scene
 captions, which name every object's color and shape; reading the word for text families), so it
-sees half as many of the family's questions, each with the same yes or no.
+sees half as many of the family's questions. Its data.max_len is the quickstart's 36, which fits
+captions, so its decoder also has 8 more (unused by the family) position embeddings.
 An oracle far above the encoder means the tokens are the bound; an oracle near it means the
 decoder or its steps are. Where the encoder's tokens with the oracle's features inside them do
 as well as the oracle, the encoder's other features do not hide a clean signal, so the encoder
