@@ -263,6 +263,12 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
         task = cotrain.eval.tasks[0]
         assert cotrain.mixture == f"{task}+{dense}" and list(cotrain.eval.tasks) == [task] and task.endswith(family)
         assert study.tasks_of(cotrain) == (task,), "scored on the family's task like every other arm"
+    arms = {a: c for a, seed, c in study.load("image_tokens").configs("full") if seed == 0}
+    prefix = arms["prefix"].to_dict()
+    assert prefix["decoder"].pop("conditioning") == "prefix"
+    encoder = arms["encoder"].to_dict()
+    encoder["decoder"].pop("conditioning")
+    assert prefix == encoder, "the prefix arm changes the conditioning alone"
     bad = tiny(arms={"a": {"decoder.condtioning": "prefix"}})
     with pytest.raises(ValueError, match=r"arm 'a': unknown config key\(s\): 'decoder.condtioning'"):
         bad.configs("smoke")

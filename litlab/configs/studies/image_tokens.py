@@ -13,6 +13,9 @@ tokens but trains on a mixture of the family's questions and a dense task at equ
 captions, which name every object's color and shape; reading the word for text families), so it
 sees half as many of the family's questions. Its data.max_len is the quickstart's 36, which fits
 captions, so its decoder also has 8 more (unused by the family) position embeddings.
+And one changes how the decoder meets the tokens: `prefix` reads the encoder's tokens as the first
+positions of its own sequence (`decoder.conditioning="prefix"`), so every layer's self-attention
+and MLP work on them, where cross-attention only reads them. It costs about 2.5x the step time.
 An oracle far above the encoder means the tokens are the bound; an oracle near it means the
 decoder or its steps are. Where the encoder's tokens with the oracle's features inside them do
 as well as the oracle, the encoder's other features do not hide a clean signal, so the encoder
@@ -36,7 +39,7 @@ FAMILIES = {**{f: "scenes_vqa" for f in language.FAMILIES}, **{f: "text_vqa" for
 # 8,000 images, scores 500 images per split, and runs the two arms that answer the question
 # (about 6 minutes a run on 2 cores). `full` trains the same recipe 1,000 steps, where one oracle
 # seed had reached 0.95 and one encoder seed 0.51, and adds the encoder+oracle tokens, the random
-# encoder, the language prior and co-training: 18 runs of 8 to 13 minutes, which `study run ...
+# encoder, the language prior, co-training and prefix conditioning: 21 runs of 8 to 13 minutes, which `study run ...
 # --arms encoder,oracle` splits up.
 # Its data.max_len of 28 fits the longest example of any single family (comparison, 27 tokens)
 # and saves the step the padding that the quickstart's mixture needs.
@@ -57,14 +60,14 @@ def get_study(arg=None):
                                       full={**FULL, "mixture": task})
     # The smoke encoder is already a random one (no checkpoint), so that arm would repeat the reference.
     settings["smoke"] = dataclasses.replace(settings["smoke"], arms=("encoder", "oracle", "encoder_oracle",
-                                                                         "encoder_cotrain", "no_image"))
+                                                                         "encoder_cotrain", "prefix", "no_image"))
     settings["fast"] = dataclasses.replace(settings["fast"], arms=("encoder", "oracle"))
     return Study(
         name=f"image_tokens_{family}",
         question=f"Is the {family} family bound by the encoder's tokens or by the decoder?",
         arms={"encoder": {}, "oracle": {"inputs.image_tokens": "oracle"},
               "encoder_oracle": {"inputs.image_tokens": "encoder+oracle"}, "random_encoder": {"encoder.path": ""},
-              "encoder_cotrain": cotrain,
+              "encoder_cotrain": cotrain, "prefix": {"decoder.conditioning": "prefix"},
               "no_image": {"inputs.image": False}},
         reference="encoder",
         settings=settings)
