@@ -99,3 +99,7 @@ def test_plus_joins_tasks_at_uniform_rates():
         mixtures.get_mixture("all_uniform+words_ocr")
     with pytest.raises(KeyError, match="a task repeats"):
         mixtures.get_mixture("scenes_caption+scenes_caption")
+    with pytest.raises(KeyError, match="scenes_vqa_count is a part of scenes_vqa, so its examples would be trained"):
+        mixtures.get_mixture("scenes_vqa+scenes_vqa_count")
+    families = mixtures.get_mixture("scenes_vqa_count+scenes_vqa_existence")  # disjoint parts of one task
+    assert families.tasks == ("scenes_vqa_count", "scenes_vqa_existence")

@@ -186,9 +186,13 @@ def get_mixture(name: str) -> Mixture:
     parts = name.split("+")
     if len(parts) > 1:
         unknown = [p for p in parts if p not in tasks.task_names()]
+        nested = [] if unknown else [(p, tasks.get_task(p).subset_of) for p in parts
+                                     if tasks.get_task(p).subset_of in parts]
         why = ("write it without spaces (the name is part of the run's identity)" if any(p != p.strip() for p in parts)
                else f"unknown: {unknown} (registered mixtures cannot be joined, only tasks)" if unknown
-               else "a task repeats" if len(set(parts)) != len(parts) else "")
+               else "a task repeats" if len(set(parts)) != len(parts)
+               else f"{nested[0][0]} is a part of {nested[0][1]}, so its examples would be trained twice" if nested
+               else "")
         if why:
             raise KeyError(f"mixture {name!r}: a 'TASK+TASK' mixture takes distinct task names; {why}. "
                            f"Tasks: {tasks.task_names()}.")

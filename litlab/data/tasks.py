@@ -58,6 +58,9 @@ class Task:
     packable: bool = False  # several questions per image that can share one sequence
     # Classification: every class name, for scoring them all (default: the split's references).
     candidates: Callable[[], list[str]] | None = None
+    # The task whose examples this one selects from (a question family's base task): mixing the
+    # two would train those examples twice under two names.
+    subset_of: str | None = None
 
     def prompt(self, question: str | None, prompting: Prompting) -> str:
         q = (question or "") if prompting.question == "prompt" else ""
@@ -152,7 +155,7 @@ def _one_family(make, family: str):
 for _base, _families in (("scenes_vqa", language.FAMILIES), ("text_vqa", language.TEXT_FAMILIES)):
     for _family in _families:
         register_task(dataclasses.replace(get_task(_base), name=f"{_base}_{_family}",
-                                          make=_one_family(get_task(_base).make, _family)))
+                                          make=_one_family(get_task(_base).make, _family), subset_of=_base))
 
 
 def jsonl_task(name: str, files: dict, family: str, metrics: tuple[str, ...], *, token: str,
