@@ -39,8 +39,8 @@ FAMILIES = {**{f: "scenes_vqa" for f in language.FAMILIES}, **{f: "text_vqa" for
 # 8,000 images, scores 500 images per split, and runs the two arms that answer the question
 # (about 6 minutes a run on 2 cores). `full` trains the same recipe 1,000 steps, where one oracle
 # seed had reached 0.95 and one encoder seed 0.51, and adds the encoder+oracle tokens, the random
-# encoder, the language prior, co-training and prefix conditioning: 21 runs of 8 to 13 minutes, which `study run ...
-# --arms encoder,oracle` splits up.
+# encoder, the language prior, co-training and prefix conditioning: 21 runs of 7 to 22 minutes
+# (prefix the longest), which `study run ... --arms encoder,oracle` splits up.
 # Its data.max_len of 28 fits the longest example of any single family (comparison, 27 tokens)
 # and saves the step the padding that the quickstart's mixture needs.
 FAST = {"decoder.width": 256, "decoder.num_heads": 4, "decoder.mlp_dim": 1024, "batch_size": 128,
