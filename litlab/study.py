@@ -302,10 +302,11 @@ def write(study: Study, setting: str, table: pd.DataFrame, root: Path) -> Path:
 
 def read(study: Study | str, setting: str = "fast", *, results: str | Path | None = None) -> pd.DataFrame:
     """The table a finished `run` wrote."""
+    spec = study if isinstance(study, str) else study.name  # what `run` takes: image_tokens:family=count
     study = load(study) if isinstance(study, str) else study
     path = study_dir(study, setting, results) / "table.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the study first: python -m litlab.study run {study.name} "
+        raise FileNotFoundError(f"{path} not found; run the study first: python -m litlab.study run {spec} "
                                 f"--setting {setting}.")
     return pd.read_csv(path, keep_default_na=False)
 
@@ -429,7 +430,7 @@ def main(argv=None) -> int:
             return 0
         study = load(args.study)
         table = run(study, args.setting, results=args.results, arms=args.arms) if args.command == "run" else \
-            read(study, args.setting, results=args.results)
+            read(args.study, args.setting, results=args.results)  # its error names the spec to run
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

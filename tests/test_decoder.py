@@ -276,6 +276,7 @@ def test_dropout_only_in_training():
     (dict(conditioning="film"), "conditioning"),
     (dict(num_heads=3), "divisible"),
     (dict(max_len=8), "max_len"),
+    (dict(image_posemb="rope"), "image_posemb"),
 ])
 def test_config_errors(bad, match):
     image_tokens, tokens = _inputs()
@@ -430,3 +431,64 @@ def test_question_errors():
     with pytest.raises(ValueError, match="question_len must be >= 0"):
         jax.eval_shape(decoder.Model(**{**CFG, "question_len": -1}).init, jax.random.PRNGKey(0),
                        image_tokens, tokens, PREFIX_LEN)
+
+
+# Image position codes (image_posemb): the decoder sees where each image token sits.
+GRID = 3  # a 3x3 grid of image tokens; sincos2d needs a square one
+
+
+def _grid_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.normal(size=(B, GRID * GRID, D_ENC)).astype(np.float32)), _inputs()[1]
+
+
+def _posemb_model(conditioning, image_posemb, seed=1):
+    model = decoder.Model(**CFG, conditioning=conditioning, image_posemb=image_posemb)
+    image_tokens, tokens = _grid_inputs()
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), image_tokens, tokens, PREFIX_LEN)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape).astype(s.dtype)), shapes)
+    return model, params
+
+
+@pytest.mark.parametrize("conditioning", ["cross", "prefix"])
+def test_image_posemb_lets_the_decoder_see_token_order(conditioning):
+    image_tokens, tokens = _grid_inputs()
+    shuffled = image_tokens[:, np.random.default_rng(5).permutation(GRID * GRID)]
+    for kind in decoder.IMAGE_POSEMBS:
+        model, params = _posemb_model(conditioning, kind)
+        a, b = (model.apply(params, x, tokens, PREFIX_LEN) for x in (image_tokens, shuffled))
+        if kind == "none":  # attention over image tokens is blind to their order
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+        else:
+            assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3, kind
+
+
+def test_sincos2d_image_posemb_is_the_vit_code_added_to_the_tokens():
+    from litlab.models import vit
+    image_tokens, tokens = _grid_inputs()
+    model, params = _posemb_model("cross", "sincos2d")
+    plain = decoder.Model(**CFG, conditioning="cross")
+    code = vit.posemb_sincos_2d(GRID, GRID, D_ENC)
+    np.testing.assert_allclose(model.apply(params, image_tokens, tokens, PREFIX_LEN),
+                               plain.apply(params, image_tokens + code, tokens, PREFIX_LEN), atol=1e-5, rtol=0)
+    fixed = jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, _posemb_model("cross", "none")[1])
+    assert fixed  # no parameters
+    with pytest.raises(ValueError, match="square grid"):
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), *_inputs(), PREFIX_LEN)  # N = 5
+
+
+def test_learned_image_posemb_starts_at_zero_and_decodes_like_teacher_forcing():
+    assert _param_shapes(image_posemb="learn") == {**_param_shapes(), "image_pos/embedding": (N, D_ENC)}
+    image_tokens, tokens = _inputs()
+    learned = decoder.Model(**CFG, conditioning="cross", image_posemb="learn")
+    init = learned.init(jax.random.PRNGKey(0), image_tokens, tokens, PREFIX_LEN)
+    assert not np.any(init["params"]["image_pos"]["embedding"])
+    plain = {"params": {k: v for k, v in init["params"].items() if k != "image_pos"}}
+    np.testing.assert_array_equal(learned.apply(init, image_tokens, tokens, PREFIX_LEN),
+                                  decoder.Model(**CFG, conditioning="cross").apply(plain, image_tokens, tokens, PREFIX_LEN))
+    for conditioning in ("cross", "prefix"):  # with a nonzero table, through the KV cache
+        h = Harness(conditioning, cfg={**CFG, "image_posemb": "learn"})
+        full = h.forward(h.params, image_tokens, tokens, PREFIX_LEN)
+        cached, _ = h.decode(image_tokens, tokens, PREFIX_LEN)
+        np.testing.assert_allclose(cached, _teacher_rows(full, PREFIX_LEN, STEPS), atol=1e-5, rtol=0)

@@ -264,11 +264,10 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
         assert cotrain.mixture == f"{task}+{dense}" and list(cotrain.eval.tasks) == [task] and task.endswith(family)
         assert study.tasks_of(cotrain) == (task,), "scored on the family's task like every other arm"
     arms = {a: c for a, seed, c in study.load("image_tokens").configs("full") if seed == 0}
-    prefix = arms["prefix"].to_dict()
-    assert prefix["decoder"].pop("conditioning") == "prefix"
-    encoder = arms["encoder"].to_dict()
-    encoder["decoder"].pop("conditioning")
-    assert prefix == encoder, "the prefix arm changes the conditioning alone"
+    for arm, key, value in (("prefix", "conditioning", "prefix"), ("posemb", "image_posemb", "sincos2d")):
+        changed, encoder = arms[arm].to_dict(), arms["encoder"].to_dict()
+        assert changed["decoder"].pop(key) == value and encoder["decoder"].pop(key) != value
+        assert changed == encoder, f"the {arm} arm changes decoder.{key} alone"
     bad = tiny(arms={"a": {"decoder.condtioning": "prefix"}})
     with pytest.raises(ValueError, match=r"arm 'a': unknown config key\(s\): 'decoder.condtioning'"):
         bad.configs("smoke")
@@ -294,6 +293,9 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     assert "no study 'nope'" in capsys.readouterr().err
     assert study.main(["show", "conditioning", "--results", "/nonexistent"]) == 2
     assert "run the study first" in capsys.readouterr().err
+    # A study with an argument is named as `run` takes it, not by its folder name.
+    assert study.main(["show", "image_tokens:family=count", "--results", "/nonexistent"]) == 2
+    assert "python -m litlab.study run image_tokens:family=count --setting fast" in capsys.readouterr().err
 
 
 def test_arm_comparison_shows_every_arm_on_the_same_example(smoke_study):

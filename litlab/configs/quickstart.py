@@ -45,7 +45,7 @@ def get_config(arg=None):
     # 2 layers is the paper's choice for the LiT-decoder.
     c.decoder = ml_collections.ConfigDict(dict(
         width=256, depth=2, num_heads=4, mlp_dim=1024, dropout=0.0, conditioning="cross",
-        tie_embeddings=True))
+        tie_embeddings=True, image_posemb="none"))
 
     # Sized so that `make demo` (render, cache, train, evaluate) fits in 15 minutes on 2 CPU cores.
     c.batch_size = 128

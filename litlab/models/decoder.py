@@ -21,8 +21,15 @@ same function and params, fewer FLOPs.)
 
 Text layout: `tokens` [B, L] = BOS prompt SEP target EOS PAD...; the model
 sees `tokens[:, :-1]` and `prefix_len` [B] counts BOS + prompt + SEP. Text
-positions use learned position embeddings 0..max_len-1; image tokens get
-none (the encoder already encoded their positions). Padding needs no mask:
+positions use learned position embeddings 0..max_len-1. Image tokens get
+none by default (`image_posemb="none"`: the encoder encoded their
+positions), or a position code added before the projection: "sincos2d"
+(fixed, the ViT's 2D sin-cos over the token grid) or "learn" (learned,
+zero at init). A frozen encoder trained on per-token objectives keeps
+positions only partly: a linear probe recovers the column of 0.85 of the
+shipped encoder's tokens on word images (0.99 at random init), and a
+reader must put letters in column order. Added before `img_proj`, the
+code composes into the K/V maps like the tokens themselves. Padding needs no mask:
 it sits after EOS, so causal attention never lets a real position see it.
 
 Question memory (`question_len` > 0; the "modality combination" study of
@@ -117,14 +124,16 @@ Both are jit- and lax.while_loop-friendly (static shapes, no token loops).
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from litlab.models import matmul
+from litlab.models import matmul, vit
 
 CONDITIONINGS = ("cross", "prefix", "pooled")
+IMAGE_POSEMBS = ("none", "sincos2d", "learn")
 LN_EPS = 1e-6
 
 _NEG_INF = jnp.finfo(jnp.float32).min
@@ -295,6 +304,24 @@ def check_question_tokens(question_tokens, question_len: int, batch: int):
     return q.astype(jnp.int32)
 
 
+class ImagePosemb(nn.Module):
+    """Adds a position code to image tokens [B, N, D] on a square grid (row-major, as the ViT
+    emits them): fixed 2D sin-cos ("sincos2d") or a learned [N, D] table ("learn", zeros at
+    init, so training starts from the model without it)."""
+
+    kind: str
+
+    @nn.compact
+    def __call__(self, x):
+        n, d = x.shape[1:]
+        if self.kind == "learn":
+            return x + self.param("embedding", nn.initializers.zeros, (n, d))
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"image_posemb={self.kind!r} needs a square grid of image tokens, got {n}")
+        return x + vit.posemb_sincos_2d(side, side, d)[0]
+
+
 class Model(nn.Module):
     """Text decoder conditioned on image tokens; see the module docstring."""
 
@@ -310,6 +337,7 @@ class Model(nn.Module):
     dtype_mm: str = "float32"
     question_len: int = 0  # max question tokens held as memory; 0 = no question memory.
     image_input: bool = True  # False: zeros replace the image tokens ("text only" arm).
+    image_posemb: str = "none"  # position code added to the image tokens: none | sincos2d | learn.
 
     def setup(self):
         if self.conditioning not in CONDITIONINGS:
@@ -320,7 +348,11 @@ class Model(nn.Module):
             raise ValueError(f"depth must be >= 1, got {self.depth}")
         if self.question_len < 0:
             raise ValueError(f"question_len must be >= 0, got {self.question_len}")
+        if self.image_posemb not in IMAGE_POSEMBS:
+            raise ValueError(f"unknown image_posemb {self.image_posemb!r}; expected one of {IMAGE_POSEMBS}")
         emb_init = nn.initializers.normal(stddev=self.width ** -0.5)
+        if self.image_posemb != "none":
+            self.image_pos = ImagePosemb(self.image_posemb)
         self.img_proj = _dense(self.width, self.dtype_mm)
         self.embed = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init)
         self.pos_embedding = self.param("pos_embedding", emb_init, (self.max_len, self.width))
@@ -349,6 +381,8 @@ class Model(nn.Module):
         x = jnp.asarray(image_tokens, jnp.float32)
         if not self.image_input:  # "text only": the memory keeps its shape, not the image.
             x = jnp.zeros_like(x)
+        if self.image_posemb != "none":
+            x = self.image_pos(x)
         if self.conditioning == "pooled":
             # Projecting is affine, so pooling first is exact and N times cheaper.
             x = jnp.mean(x, axis=1, keepdims=True)
