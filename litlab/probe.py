@@ -11,10 +11,13 @@ The decoder only ever sees frozen encoder tokens, so the probes check the thing 
   lies on, trained on the scenes train split; "is there a red circle?" is then answered by the
   max over tokens, scored as balanced accuracy on the test split: what the decoder's yes/no
   questions need, read without a decoder.
+* position (`--position`): per-token linear classifiers of each token's row and column, on the
+  scenes and words test splits: how much of where a token sits survives the encoder, which a
+  decoder's attention (blind to token order) can only learn from the tokens.
 
 Each is reported next to the same architecture at random init, which shows what pretraining bought.
 
-    python -m litlab.probe --encoder data/encoder/vit_pretrained.npz [--reading | --existence] [--config file.py[:arg]]
+    python -m litlab.probe --encoder data/encoder/vit_pretrained.npz [--reading | --existence | --position] [--config file.py[:arg]]
 """
 
 from __future__ import annotations
@@ -198,6 +201,30 @@ def existence_probe(encode, patch: int, *, resolution: int = 64, train_limit: in
             "shape_present": _balanced_accuracy(shape_score > 0.5, shape_truth)}
 
 
+def position_probe(encode, side: int, *, resolution: int = 64, train_limit: int | None = 1000,
+                   test_limit: int | None = 300, seed: int = 0, steps: int = 300, lr: float = 5e-2,
+                   l2: float = 1e-4) -> dict:
+    """Top-1 of softmax regressions that name each token's row and column (chance 1/side) from its
+    frozen features, per source (scenes, words), trained on its train split and scored on its test
+    split. `encode` maps uint8 images [n, R, R, 3] to row-major tokens [n, side*side, D]."""
+    out = {"steps": steps, "chance": 1 / side}
+    for source in ("scenes", "words"):
+        x = {}
+        for split, limit in (("train", train_limit), ("test", test_limit)):
+            images, _ = tasks.read_records(source, split, seed=seed, resolution=resolution, limit=limit)
+            x[split] = np.asarray(encode(images), np.float32)
+        mu, sd = x["train"].mean((0, 1)), x["train"].std((0, 1)) + 1e-6
+        flat = {k: ((v - mu) / sd).reshape(-1, v.shape[-1]) for k, v in x.items()}
+        where = {"row": np.arange(side * side) // side, "column": np.arange(side * side) % side}
+        res = {"n_train": len(x["train"]), "n_test": len(x["test"])}
+        for name, label in where.items():
+            w, b = fit_softmax(flat["train"], np.tile(label, len(x["train"])), side, steps=steps, lr=lr, l2=l2)
+            pred = np.asarray(jnp.argmax(flat["test"] @ w + b, -1))
+            res[f"{name}_top1"] = float(np.mean(pred == np.tile(label, len(x["test"]))))
+        out[source] = res
+    return out
+
+
 def main(argv=None) -> None:
     from absl import flags
     from ml_collections import config_flags
@@ -214,9 +241,11 @@ def main(argv=None) -> None:
                       flag_values=fv)
     flags.DEFINE_bool("existence", False, "run the existence probe (scenes) instead of the objects_cls one",
                       flag_values=fv)
+    flags.DEFINE_bool("position", False, "run the token position probe (scenes, words) instead of the "
+                      "objects_cls one", flag_values=fv)
     fv(argv)
-    if fv.reading and fv.existence:
-        raise SystemExit("error: --reading and --existence are separate probes; pass one of them.")
+    if fv.reading + fv.existence + fv.position > 1:
+        raise SystemExit("error: --reading, --existence and --position are separate probes; pass one of them.")
 
     model_cfg = fv.config.model
     res = fv.config.data.resolution
@@ -228,9 +257,12 @@ def main(argv=None) -> None:
     elif fv.existence:
         probe = lambda p: existence_probe(lambda x: features(p, model_cfg, x, pool=False),
                                           model_cfg.patch_size[0], resolution=res)
+    elif fv.position:
+        probe = lambda p: position_probe(lambda x: features(p, model_cfg, x, pool=False),
+                                         res // model_cfg.patch_size[0], resolution=res)
     else:
         probe = lambda p: linear_probe(p, model_cfg, train_limit=fv.train_limit, test_limit=fv.test_limit)
-    name = "reading" if fv.reading else "existence" if fv.existence else "objects_cls"
+    name = "reading" if fv.reading else "existence" if fv.existence else "position" if fv.position else "objects_cls"
     report = {"encoder": os.fspath(fv.encoder), "probe": name,
               "pretrained": probe(pretrained), "random_init": probe(init["params"])}
     print(json.dumps(report, indent=1))

@@ -269,3 +269,19 @@ def test_existence_probe_answers_from_tokens_that_say_it_and_not_from_noise():
     noise = lambda images: np.random.default_rng(len(images)).normal(size=(len(images), 64, 16)).astype(np.float32)
     res = probe.existence_probe(noise, 8, **kw)
     assert abs(res["color_shape_present"] - 0.5) < 0.1 and abs(res["shape_present"] - 0.5) < 0.1, res
+
+
+def test_position_probe_finds_positions_that_tokens_carry_and_not_in_noise():
+    kw = dict(train_limit=40, test_limit=20, steps=200)
+    rng = np.random.default_rng(0)
+    noise = lambda images: rng.normal(size=(len(images), 64, 16)).astype(np.float32)
+    # Noise plus one-hot codes of the token's row and column: linearly separable.
+    code = np.concatenate([np.eye(8)[np.arange(64) // 8], np.eye(8)[np.arange(64) % 8]], -1) * 3.0
+    coded = lambda images: np.concatenate([noise(images), np.broadcast_to(code, (len(images), 64, 16))], -1)
+    res = probe.position_probe(coded, 8, **kw)
+    assert res["chance"] == 1 / 8 and set(res) == {"steps", "chance", "scenes", "words"}
+    for source in ("scenes", "words"):
+        assert res[source]["n_train"] == 40 and res[source]["n_test"] == 20
+        assert res[source]["row_top1"] > 0.95 and res[source]["column_top1"] > 0.95, res
+    res = probe.position_probe(noise, 8, **kw)
+    assert all(abs(res[s][k] - 1 / 8) < 0.06 for s in ("scenes", "words") for k in ("row_top1", "column_top1")), res
