@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from litlab import checkpoints, config as config_lib, decode, evaluate, freeze, runs, sharding
 from litlab.data import mixtures, pipeline, tasks
 from litlab.data.tokenizer import Tokenizer
+from litlab.models import decoder
 
 
 @flax.struct.dataclass
@@ -199,7 +200,8 @@ def validate(config) -> None:
     sharding.check_strategy(config.sharding_strategy)
     for key, allowed in (("matmul_precision", ("float32", "bfloat16")), ("feature_cache", ("memory", "disk", "none")),
                          ("optimizer.name", ("adamw", "adafactor")), ("schedule.name", ("cosine", "rsqrt")),
-                         ("inputs.image_tokens", ("encoder", "oracle", "encoder+oracle"))):
+                         ("inputs.image_tokens", ("encoder", "oracle", "encoder+oracle")),
+                         ("decoder.conditioning", decoder.CONDITIONINGS), ("decoder.image_posemb", decoder.IMAGE_POSEMBS)):
         if flat[key] not in allowed:
             raise ValueError(f"config key {key!r} must be one of {allowed}, got {flat[key]!r}.")
     if config.inputs.image_tokens != "encoder" and (config.feature_cache == "none" or config.encoder.trainable is not False):

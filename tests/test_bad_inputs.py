@@ -104,6 +104,8 @@ CASES = [
     ("feature cache", validate(feature_cache="gpu"), ValueError, r"'feature_cache' must be one of"),
     ("optimizer", validate(**{"optimizer.name": "sgd"}), ValueError, r"'optimizer.name' must be one of"),
     ("schedule", validate(**{"schedule.name": "linear"}), ValueError, r"'schedule.name' must be one of"),
+    ("conditioning", validate(**{"decoder.conditioning": "film"}), ValueError, r"'decoder.conditioning' must be one of"),
+    ("image posemb", validate(**{"decoder.image_posemb": "rope"}), ValueError, r"'decoder.image_posemb' must be one of"),
     ("misspelt key", lambda tmp: smoke(**{"optimizer.lerning_rate": 1.0}), ValueError,
      r"unknown config key\(s\): 'optimizer.lerning_rate' \(did you mean \[.*'optimizer.lr'"),
     ("cli value of the wrong type", lambda tmp: config_lib.override(smoke(), {"total_steps": "many"}, from_strings=True),

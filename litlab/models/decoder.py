@@ -21,16 +21,17 @@ same function and params, fewer FLOPs.)
 
 Text layout: `tokens` [B, L] = BOS prompt SEP target EOS PAD...; the model
 sees `tokens[:, :-1]` and `prefix_len` [B] counts BOS + prompt + SEP. Text
-positions use learned position embeddings 0..max_len-1. Image tokens get
-none by default (`image_posemb="none"`: the encoder encoded their
-positions), or a position code added before the projection: "sincos2d"
-(fixed, the ViT's 2D sin-cos over the token grid) or "learn" (learned,
-zero at init). A frozen encoder trained on per-token objectives keeps
-positions only partly: a linear probe recovers the column of 0.85 of the
-shipped encoder's tokens on word images (0.99 at random init), and a
-reader must put letters in column order. Added before `img_proj`, the
-code composes into the K/V maps like the tokens themselves. Padding needs no mask:
-it sits after EOS, so causal attention never lets a real position see it.
+positions use learned position embeddings 0..max_len-1. Padding needs no
+mask: it sits after EOS, so causal attention never lets a real position
+see it. Image tokens get no position embedding by default
+(`image_posemb="none"`: the encoder encoded their positions), or a code
+added before the projection: "sincos2d" (fixed, the ViT's 2D sin-cos over
+the token grid) or "learn" (learned, zero at init). Attention is blind to
+token order, and a frozen encoder trained on per-token objectives keeps
+positions only in part: a linear probe recovers the column of 0.85 of the
+shipped encoder's tokens on word images, 0.99 at random init (`probe
+--position`). Added before `img_proj`, the code folds into the K/V maps
+like the tokens themselves.
 
 Question memory (`question_len` > 0; the "modality combination" study of
 LiT-decoder, Beyer et al. 2023): the VQA question is not part of the prompt
