@@ -45,7 +45,8 @@ def study_chart(summary: pd.DataFrame, title: str = "") -> alt.Chart:
     bars = base.mark_bar().encode(y=alt.Y("mean:Q", title="mean over seeds"), color=alt.Color("arm:N", sort=arms),
                                   tooltip=["arm", "task", "split", alt.Tooltip("mean:Q", format=".3f"),
                                            alt.Tooltip("ci95:Q", format=".3f", title="95% CI +/-"), "n"])
-    errors = base.mark_errorbar(ticks=True).encode(y="lo:Q", y2="hi:Q")
+    # The same title on both layers, or altair joins them ("mean over seeds, lo").
+    errors = base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title="mean over seeds"), y2="hi:Q")
     return alt.layer(bars, errors, data=data).properties(width=110, height=120).facet(
         column=alt.Column("panel:N", title=None), row=alt.Row("split:N", title=None)).resolve_scale(
         y="independent").properties(title=title)

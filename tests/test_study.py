@@ -205,6 +205,7 @@ def test_intervals_differences_and_findings_come_from_the_table():
     assert "no arm differs from cross" in same[1]
     spec = plots.study_chart(study.summarize(table)).to_dict()
     assert [layer["mark"]["type"] for layer in spec["spec"]["layer"]] == ["bar", "errorbar"]
+    assert {layer["encoding"]["y"]["title"] for layer in spec["spec"]["layer"]} == {"mean over seeds"}  # one axis title
 
 
 def test_the_best_arm_is_the_one_that_wins_beyond_noise():
