@@ -248,6 +248,9 @@ def main(argv=None) -> None:
         raise SystemExit("error: --reading, --existence and --position are separate probes; pass one of them.")
 
     model_cfg = fv.config.model
+    if fv.position and model_cfg.patch_size[0] != model_cfg.patch_size[1]:
+        raise SystemExit(f"error: --position needs a square token grid; the config's model.patch_size is "
+                         f"{tuple(model_cfg.patch_size)}.")
     res = fv.config.data.resolution
     init = vit.Model(**model_cfg).init(jax.random.PRNGKey(fv.random_seed), jnp.zeros((1, res, res, 3)))
     pretrained = vit.load(init["params"], fv.encoder, model_cfg)

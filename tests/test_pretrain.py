@@ -285,3 +285,10 @@ def test_position_probe_finds_positions_that_tokens_carry_and_not_in_noise():
         assert res[source]["row_top1"] > 0.95 and res[source]["column_top1"] > 0.95, res
     res = probe.position_probe(noise, 8, **kw)
     assert all(abs(res[s][k] - 1 / 8) < 0.06 for s in ("scenes", "words") for k in ("row_top1", "column_top1")), res
+
+
+def test_probe_cli_refuses_two_probes_and_a_non_square_grid_for_position():
+    with pytest.raises(SystemExit, match="separate probes"):
+        probe.main(["--encoder", "missing.npz", "--reading", "--position"])
+    with pytest.raises(SystemExit, match=r"square token grid; the config's model.patch_size is \(8, 16\)"):
+        probe.main(["--encoder", "missing.npz", "--position", "--config.model.patch_size=(8,16)"])

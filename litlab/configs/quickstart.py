@@ -42,7 +42,8 @@ def get_config(arg=None):
     c.encoder = ml_collections.ConfigDict(dict(
         path="data/encoder/vit_pretrained.npz", model=pretrain_encoder.get_config().model.to_dict(),
         trainable=False, seed=0))
-    # 2 layers is the paper's choice for the LiT-decoder.
+    # 2 layers is the paper's choice for the LiT-decoder. image_posemb: a position code added to the
+    # image tokens (none | sincos2d | learn); the encoder's tokens keep only part of theirs.
     c.decoder = ml_collections.ConfigDict(dict(
         width=256, depth=2, num_heads=4, mlp_dim=1024, dropout=0.0, conditioning="cross",
         tie_embeddings=True, image_posemb="none"))
