@@ -32,13 +32,14 @@ def _prompt_block(tokens, lengths):
     return jnp.asarray(np.where(np.arange(t)[None] < lengths[:, None], tokens[:, :t], junk))
 
 
-def _random_params(model, seed=1, **kw):
+def _random_params(model, seed=1, inputs=None, **kw):
     """Random values in the model's param tree, instead of its init.
 
     Every bias and LayerNorm offset is then nonzero, so the tests exercise
-    them, and no init has to be compiled. `kw` go to init (question_tokens=).
+    them, and no init has to be compiled. `inputs` (default `_inputs()`) set the
+    shapes; `kw` go to init (question_tokens=).
     """
-    image_tokens, tokens = _inputs()
+    image_tokens, tokens = inputs or _inputs()
     shapes = jax.eval_shape(functools.partial(model.init, **kw), jax.random.PRNGKey(0),
                             image_tokens, tokens, PREFIX_LEN)
     rng = np.random.default_rng(seed)
@@ -444,11 +445,7 @@ def _grid_inputs(seed=0):
 
 def _posemb_model(conditioning, image_posemb, seed=1):
     model = decoder.Model(**CFG, conditioning=conditioning, image_posemb=image_posemb)
-    image_tokens, tokens = _grid_inputs()
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), image_tokens, tokens, PREFIX_LEN)
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape).astype(s.dtype)), shapes)
-    return model, params
+    return model, _random_params(model, seed, inputs=_grid_inputs())
 
 
 @pytest.mark.parametrize("conditioning", ["cross", "prefix"])
