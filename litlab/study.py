@@ -58,6 +58,7 @@ class Study:
     reference: str  # the arm others are compared against (paired by seed)
     settings: dict[str, Setting]
     splits: tuple[str, ...] = ("test", "compositional")
+    spec: str = ""  # what `load` was given (image_tokens:family=count), so errors name what `run` takes
 
     def __post_init__(self):
         if not self.arms:
@@ -130,7 +131,7 @@ def load(spec: str) -> Study:
     module_spec = importlib.util.spec_from_file_location(f"litlab_study_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_study(arg or None)
+    return dataclasses.replace(module.get_study(arg or None), spec=spec)
 
 
 def run_dir(config, root: Path) -> Path:
@@ -302,11 +303,11 @@ def write(study: Study, setting: str, table: pd.DataFrame, root: Path) -> Path:
 
 def read(study: Study | str, setting: str = "fast", *, results: str | Path | None = None) -> pd.DataFrame:
     """The table a finished `run` wrote."""
-    spec = study if isinstance(study, str) else study.name  # what `run` takes: image_tokens:family=count
     study = load(study) if isinstance(study, str) else study
     path = study_dir(study, setting, results) / "table.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the study first: python -m litlab.study run {spec} "
+        raise FileNotFoundError(f"{path} not found; run the study first: python -m litlab.study run "
+                                f"{study.spec or study.name} "
                                 f"--setting {setting}.")
     return pd.read_csv(path, keep_default_na=False)
 
@@ -430,7 +431,7 @@ def main(argv=None) -> int:
             return 0
         study = load(args.study)
         table = run(study, args.setting, results=args.results, arms=args.arms) if args.command == "run" else \
-            read(args.study, args.setting, results=args.results)  # its error names the spec to run
+            read(study, args.setting, results=args.results)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

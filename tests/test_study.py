@@ -297,6 +297,9 @@ def test_study_definitions_resolve_and_bad_ones_are_named(capsys):
     # A study with an argument is named as `run` takes it, not by its folder name.
     assert study.main(["show", "image_tokens:family=count", "--results", "/nonexistent"]) == 2
     assert "python -m litlab.study run image_tokens:family=count --setting fast" in capsys.readouterr().err
+    count = study.load("image_tokens:family=count")  # the loaded study keeps the spec for read's error
+    with pytest.raises(FileNotFoundError, match="study run image_tokens:family=count --setting full"):
+        study.read(count, "full", results="/nonexistent")
 
 
 def test_arm_comparison_shows_every_arm_on_the_same_example(smoke_study):
