@@ -9,10 +9,11 @@ resumes from the last checkpoint instead of starting over.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from litlab import evaluate, report, train
+from litlab import checkpoints, config as config_lib, evaluate, report, train
 from litlab.configs import quickstart
 
 # The quickstart's targets on the test split (issue 10: an encoder that reads), printed next to
@@ -32,16 +33,27 @@ def run(workdir: str | Path, *, config=None, progress: bool = True) -> dict:
     metrics = result.metrics[split]
     summary = {"split": split, "steps": config.total_steps, "steps_per_s": result.steps_per_s,
                "wall_s": round(time.perf_counter() - t0, 1)}
-    out = report.write(workdir, summary, metrics, result.history, workdir / "eval" / split / "predictions.jsonl")
+    out = report.write(workdir, summary, metrics, result.history, workdir / "eval" / split / "predictions.jsonl",
+                       targets=TARGETS)
     return {"summary": summary, "metrics": metrics, "history": result.history, "report": str(out)}
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m litlab.demo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m litlab.demo", description=__doc__,
+                                 epilog="Any quickstart key can be overridden as --config.KEY=VALUE, e.g. "
+                                        "--config.total_steps=3000 --config.eval_every=500 (scores against steps).")
     ap.add_argument("--workdir", default="workdirs/demo")
     ap.add_argument("--smoke", action="store_true", help="the tiny smoke configuration (seconds, not minutes)")
-    args = ap.parse_args(argv)
-    out = run(args.workdir, config=quickstart.get_config("smoke" if args.smoke else None))
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        rest, overrides = config_lib.split_cli_overrides(argv)
+        args = ap.parse_args(rest)
+        config = config_lib.override(quickstart.get_config("smoke" if args.smoke else None), overrides,
+                                     from_strings=True)
+        out = run(args.workdir, config=config)
+    except (checkpoints.WorkdirBusy, FloatingPointError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        sys.exit(2)
     m = out["metrics"]
     print(report.table(m))
     print("\ntargets on the test split:")

@@ -48,11 +48,12 @@ class Evaluator:
         c = run.config
         # Before decoding anything: results that cannot be written would be thrown away.
         checkpoints.check_writable(Path(run.workdir) / "eval" / (tag or self.name), "evaluation folder")
-        results, rows = evaluate(run, split=self.split, method=self.method or c.eval.decode,
-                                 limit=self.limit or c.eval.limit,
+        method, limit = self.method or c.eval.decode, self.limit or c.eval.limit
+        results, rows = evaluate(run, split=self.split, method=method, limit=limit,
                                  task_names=self.task_names or list(c.eval.tasks) or None,
                                  progress=self.progress)
-        write(run.workdir, tag or self.name, results, rows)
+        write(run.workdir, tag or self.name, results, rows,
+              {"step": run.step, "split": self.split, "decode": method, "limit": limit})
         return results
 
 
@@ -154,12 +155,14 @@ def _score_classes(model, params, tok, enc, image_tokens, candidates, batch_size
     return metrics.mean(hits)
 
 
-def write(workdir: Path, name: str, results: dict, rows: list[dict]) -> Path:
-    """eval/<name>/metrics.json and predictions.jsonl, each written whole or not at all."""
+def write(workdir: Path, name: str, results: dict, rows: list[dict], info: dict) -> Path:
+    """eval/<name>/metrics.json, predictions.jsonl and info.json (the step scored, split, decoding,
+    images per task: what `report.score_history` plots against steps), each written whole or not
+    at all; info.json last, so a folder with it holds a finished evaluation."""
     out = Path(workdir) / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
     for fname, text in (("predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
-                        ("metrics.json", json.dumps(results, indent=2))):
+                        ("metrics.json", json.dumps(results, indent=2)), ("info.json", json.dumps(info))):
         checkpoints.write_atomic(out / fname, text)
     return out
 

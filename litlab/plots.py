@@ -35,6 +35,24 @@ def curves_chart(curves: pd.DataFrame, title: str = "") -> alt.Chart:
         detail="seed:N", tooltip=["arm", "seed", "step", alt.Tooltip("loss:Q", format=".4f")])
 
 
+def score_curves(scores: pd.DataFrame, targets: dict[str, tuple[str, float]] | None = None) -> alt.Chart:
+    """Each task's score against training step, one panel per task (its own y scale), one line per
+    split and decoding, from `litlab.report.score_history`; a task's target, when `targets`
+    {task: (metric, value)} names that metric, is a dashed rule."""
+    targets = targets or {}
+    data = scores.assign(
+        series=scores.split + " (" + scores.decode + ")",
+        target=[targets[t][1] if targets.get(t, ("",))[0] == m else None for t, m in zip(scores.task, scores.metric)])
+    base = alt.Chart(data)
+    lines = base.mark_line(point=True).encode(
+        x=alt.X("step:Q"), y=alt.Y("value:Q", title="score"), color=alt.Color("series:N", title=None),
+        tooltip=["task", "metric", "split", "step", alt.Tooltip("value:Q", format=".3f")])
+    rule = base.transform_filter("isValid(datum.target)").mark_rule(strokeDash=[4, 4], color="gray").encode(
+        y="target:Q", tooltip=["task", "metric", alt.Tooltip("target:Q", title="target")])
+    return alt.layer(lines, rule).properties(width=220, height=150).facet(facet=alt.Facet("task:N", title=None), columns=3).resolve_scale(
+        y="independent").properties(title="score against training step (primary metric; dashed: target)")
+
+
 def study_chart(summary: pd.DataFrame, title: str = "") -> alt.Chart:
     """One panel per (split, task): each arm's mean over seeds with its 95% interval as an error
     bar, from `litlab.study.summarize` of the primary metrics."""

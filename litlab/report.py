@@ -1,11 +1,41 @@
-"""The run report: per-task table, metrics JSON, example predictions and a loss curve."""
+"""The run report: per-task table, metrics JSON, example predictions, a loss curve and, for a run
+scored more than once (`eval_every`), each task's score against steps."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import pandas as pd
+
 from litlab import plots
+
+COLUMNS = ["step", "split", "decode", "task", "metric", "family", "value"]
+
+
+def score_history(workdir: str | Path) -> pd.DataFrame:
+    """Every finished evaluation in workdir/eval/, one row per (step, split, decoding, task, metric,
+    question family): how far each task climbed with steps, which a final score alone does not
+    show. Only folders with an info.json count (it is written last); others, such as evaluations
+    written before litlab recorded the step, are skipped with a warning that counts them."""
+    rows, skipped = [], []
+    for path in sorted(Path(workdir).glob("eval/**/metrics.json")):
+        info_path = path.with_name("info.json")
+        if not info_path.is_file():
+            skipped.append(str(path.parent))
+            continue
+        info = json.loads(info_path.read_text())
+        for task, scores in json.loads(path.read_text()).items():
+            for key, value in scores.items():
+                metric, _, family = key.partition("/")
+                rows.append({"step": info["step"], "split": info["split"], "decode": info["decode"],
+                             "task": task, "metric": metric, "family": family or "all", "value": value})
+    if skipped:
+        warnings.warn(f"{len(skipped)} evaluation folder(s) without info.json skipped (written before litlab "
+                      f"recorded the step; rerun `python -m litlab.evaluate` to score again): {skipped[:3]}")
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["split", "task", "metric", "family", "step"],
+                                                           ignore_index=True)
 
 
 
@@ -20,8 +50,11 @@ def table(results: dict) -> str:
 
 
 def write(workdir: str | Path, run_summary: dict, results: dict, history: list[dict], predictions: Path,
-          examples_per_task: int = 5) -> Path:
-    """Writes workdir/report/{report.json, examples.json, loss.html, loss.png}; returns the folder."""
+          examples_per_task: int = 5, targets: dict[str, tuple[str, float]] | None = None) -> Path:
+    """Writes workdir/report/{report.json, examples.json, loss.html, loss.png} and, when the run
+    was scored at more than one step, scores.{csv,html,png} (each task's primary metric against
+    steps, with its target from `targets` {task: (metric, value)} as a dashed rule); returns the
+    folder."""
     out = Path(workdir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps({**run_summary, "metrics": results}, indent=2))
@@ -35,4 +68,12 @@ def write(workdir: str | Path, run_summary: dict, results: dict, history: list[d
         chart = plots.loss_curve(history)
         chart.save(str(out / "loss.html"))
         chart.save(str(out / "loss.png"), scale_factor=1.5)
+    scores = score_history(workdir)
+    if scores.step.nunique() > 1:
+        scores.to_csv(out / "scores.csv", index=False)
+        from litlab.study import primary  # each task's primary metric, as a study's chart draws it
+        chart = plots.score_curves(primary(scores), targets)
+        chart.save(str(out / "scores.html"))
+        chart.save(str(out / "scores.png"), scale_factor=1.5)
     return out
+

@@ -1,9 +1,10 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from litlab import demo, evaluate, prompting, report, runs, widgets
+from litlab import demo, evaluate, plots, prompting, report, runs, study, widgets
 from litlab.configs import quickstart
 from litlab.data import tasks
 
@@ -11,7 +12,9 @@ from litlab.data import tasks
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    out = demo.run(workdir, config=quickstart.get_config("smoke"), progress=False)
+    config = quickstart.get_config("smoke")
+    config.eval_every = 3  # scored at step 3 and at the end (6): the report's curves against steps
+    out = demo.run(workdir, config=config, progress=False)
     return workdir, out
 
 
@@ -64,6 +67,35 @@ def test_demo_writes_metrics_predictions_and_report(smoke_run):
     assert "objects_cls" in report.table(metrics)
 
 
+def test_report_plots_scores_against_steps(smoke_run, tmp_path):
+    workdir, out = smoke_run
+    scores = report.score_history(workdir)
+    assert sorted(scores.step.unique()) == [3, 6] and set(scores.split) == {"test"}
+    assert set(scores.decode) == {"greedy"}
+    final = scores[scores.step == 6]
+    for task, m in out["metrics"].items():  # the last point is the run's final evaluation
+        for key, value in m.items():
+            metric, _, family = key.partition("/")
+            row = final[(final.task == task) & (final.metric == metric) & (final.family == (family or "all"))]
+            assert row.value.tolist() == [value]
+    assert set(scores[scores.step == 3].task) == set(out["metrics"])
+    assert pd.read_csv(workdir / "report" / "scores.csv").shape == scores.shape
+    assert (workdir / "report" / "scores.png").stat().st_size > 1000
+    chart = plots.score_curves(study.primary(scores), demo.TARGETS).to_dict()
+    drawn = pd.DataFrame(chart["datasets"][next(iter(chart["datasets"]))])
+    targets = drawn.dropna(subset=["target"]).groupby("task").target.first().to_dict()
+    assert targets == {t: v for t, (_, v) in demo.TARGETS.items()}  # each task's rule at its own target
+    # A target on another metric than the one drawn is not drawn.
+    other = plots.score_curves(study.primary(scores), {"words_ocr": ("cer", 0.1)}).to_dict()
+    assert pd.DataFrame(other["datasets"][next(iter(other["datasets"]))]).target.isna().all()
+    # An evaluation folder without info.json (an older litlab's) is skipped, and counted.
+    old = tmp_path / "eval" / "test"
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text(json.dumps({"objects_cls": {"exact_match": 0.5}}))
+    with pytest.warns(UserWarning, match="1 evaluation folder"):
+        assert report.score_history(tmp_path).empty
+
+
 def test_evaluate_cli_reloads_the_workdir(smoke_run, capsys):
     workdir, _ = smoke_run
     assert evaluate.main(["--workdir", str(workdir), "--split", "compositional", "--decode", "beam:2",
@@ -101,3 +133,13 @@ def test_prompting_and_widgets(smoke_run):
     rows = [json.loads(l) for l in (workdir / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
     pb = widgets.predictions_browser(rows)
     assert "prediction" in pb.children[1].children[1].value
+
+
+def test_demo_cli_takes_config_overrides(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--smoke", "--workdir", str(tmp_path / "bad"), "--config.total_stepz=4"])
+    assert e.value.code == 2 and "total_stepz" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    demo.main(["--smoke", "--workdir", str(tmp_path / "w"), "--config.total_steps=4", "--config.eval_every=2"])
+    assert "4 steps at" in capsys.readouterr().out
+    assert sorted(pd.read_csv(tmp_path / "w" / "report" / "scores.csv").step.unique()) == [2, 4]
