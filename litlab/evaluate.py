@@ -2,8 +2,11 @@
 
     python -m litlab.evaluate --workdir DIR [--split test|compositional|val] [--decode greedy|beam:4|...]
 
-Writes DIR/eval/<split>/metrics.json as {task: {metric: value}} and predictions.jsonl beside it
-(task, image id, prompt, question family, prediction, references). VQA tasks also get each
+Writes DIR/eval/<split>/metrics.json as {task: {metric: value}}, predictions.jsonl beside it
+(task, image id, prompt, question family, prediction, references) and info.json (the step scored,
+decoding, images per task). A --decode or --limit other than the config's writes
+eval/<split>-<decode>-limit<N>/ instead; training's evaluations every `eval_every` steps write
+eval/step_<N>/<split>/. VQA tasks also get each
 metric per question family ("vqa_accuracy/count"), so a study can say where an arm wins. Each
 eval image is encoded once, even when several tasks ask about it (and, with a disk feature
 cache, once for all runs); classification is scored both by generation and, CapPa-style, by
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -161,10 +165,18 @@ def write(workdir: Path, name: str, results: dict, rows: list[dict], info: dict)
     at all; info.json last, so a folder with it holds a finished evaluation."""
     out = Path(workdir) / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
+    (out / "info.json").unlink(missing_ok=True)  # a reused folder: its old step must not label the new scores
     for fname, text in (("predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
                         ("metrics.json", json.dumps(results, indent=2)), ("info.json", json.dumps(info))):
         checkpoints.write_atomic(out / fname, text)
     return out
+
+
+def folder_name(split: str, method: str | None, limit: int | None) -> str:
+    """eval/<split> for the config's own decoding and limit; otherwise a folder named by them
+    (test-beam_4-limit50), so rescoring a run never replaces the scores its training wrote."""
+    parts = [split] + ([re.sub(r"[^A-Za-z0-9.]+", "_", method)] if method else []) + ([f"limit{limit}"] if limit else [])
+    return "-".join(parts)
 
 
 def main(argv=None) -> int:
@@ -176,13 +188,15 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="images per task (default: the config's eval.limit)")
     args = ap.parse_args(argv)
     try:
-        evaluator = Evaluator(args.split, method=args.decode, limit=args.limit)
+        evaluator = Evaluator(args.split, method=args.decode, limit=args.limit,
+                              name=folder_name(args.split, args.decode, args.limit))
         run = runs.load(args.workdir)
         results = evaluator(run)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    print(json.dumps({"step": run.step, "split": args.split, "metrics": results}, indent=2))
+    print(json.dumps({"step": run.step, "split": args.split, "eval_dir": str(Path(args.workdir) / "eval" / evaluator.name),
+                      "metrics": results}, indent=2))
     return 0
 
 

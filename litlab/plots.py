@@ -37,12 +37,15 @@ def curves_chart(curves: pd.DataFrame, title: str = "") -> alt.Chart:
 
 def score_curves(scores: pd.DataFrame, targets: dict[str, tuple[str, float]] | None = None) -> alt.Chart:
     """Each task's score against training step, one panel per task (its own y scale), one line per
-    split and decoding, from `litlab.report.score_history`; a task's target, when `targets`
-    {task: (metric, value)} names that metric, is a dashed rule."""
+    split, decoding and number of images, from `litlab.report.score_history`; a task's target on
+    the test split, when `targets` {task: (metric, value)} names that metric, is a dashed rule."""
     targets = targets or {}
+    key = ["step", "split", "decode", "limit", "task", "metric", "family"]
+    scores = scores.drop_duplicates(key)  # one checkpoint scored the same way in two folders
     data = scores.assign(
-        series=scores.split + " (" + scores.decode + ")",
-        target=[targets[t][1] if targets.get(t, ("",))[0] == m else None for t, m in zip(scores.task, scores.metric)])
+        series=[f"{s} ({d}, {n} images)" for s, d, n in zip(scores.split, scores.decode, scores.limit)],
+        target=[targets[t][1] if s == "test" and targets.get(t, ("",))[0] == m else None
+                for s, t, m in zip(scores.split, scores.task, scores.metric)])
     base = alt.Chart(data)
     lines = base.mark_line(point=True).encode(
         x=alt.X("step:Q"), y=alt.Y("value:Q", title="score"), color=alt.Color("series:N", title=None),

@@ -11,16 +11,20 @@ import pandas as pd
 
 from litlab import plots
 
-COLUMNS = ["step", "split", "decode", "task", "metric", "family", "value"]
+COLUMNS = ["step", "split", "decode", "limit", "task", "metric", "family", "value", "folder"]
 
 
 def score_history(workdir: str | Path) -> pd.DataFrame:
-    """Every finished evaluation in workdir/eval/, one row per (step, split, decoding, task, metric,
-    question family): how far each task climbed with steps, which a final score alone does not
-    show. Only folders with an info.json count (it is written last); others, such as evaluations
-    written before litlab recorded the step, are skipped with a warning that counts them."""
+    """Every finished evaluation in workdir/eval/, one row per (folder, task, metric, question
+    family) with the step, split, decoding and images per task it was scored with: how far each
+    task climbed with steps, which a final score alone does not show. The same checkpoint scored
+    the same way in two folders (eval/test and eval/step_N/test of a run cut off at step N) gives
+    equal rows; `plots.score_curves` draws them once. Only folders with an info.json count (it is
+    written last); others (an evaluation cut off while writing, or written before litlab recorded
+    the step) are skipped with a warning that counts them."""
+    root = Path(workdir) / "eval"
     rows, skipped = [], []
-    for path in sorted(Path(workdir).glob("eval/**/metrics.json")):
+    for path in sorted(root.glob("**/metrics.json")):
         info_path = path.with_name("info.json")
         if not info_path.is_file():
             skipped.append(str(path.parent))
@@ -30,13 +34,13 @@ def score_history(workdir: str | Path) -> pd.DataFrame:
             for key, value in scores.items():
                 metric, _, family = key.partition("/")
                 rows.append({"step": info["step"], "split": info["split"], "decode": info["decode"],
-                             "task": task, "metric": metric, "family": family or "all", "value": value})
+                             "limit": info["limit"], "task": task, "metric": metric, "family": family or "all",
+                             "value": value, "folder": str(path.parent.relative_to(root))})
     if skipped:
-        warnings.warn(f"{len(skipped)} evaluation folder(s) without info.json skipped (written before litlab "
-                      f"recorded the step; rerun `python -m litlab.evaluate` to score again): {skipped[:3]}")
-    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["split", "task", "metric", "family", "step"],
+        warnings.warn(f"{len(skipped)} evaluation folder(s) without info.json skipped (cut off while writing, or "
+                      f"written before litlab recorded the step scored): {skipped[:3]}")
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["split", "task", "metric", "family", "step", "folder"],
                                                            ignore_index=True)
-
 
 
 def table(results: dict) -> str:
@@ -68,6 +72,8 @@ def write(workdir: str | Path, run_summary: dict, results: dict, history: list[d
         chart = plots.loss_curve(history)
         chart.save(str(out / "loss.html"))
         chart.save(str(out / "loss.png"), scale_factor=1.5)
+    for stale in out.glob("scores.*"):  # from an earlier report of this workdir; redrawn below if still true
+        stale.unlink()
     scores = score_history(workdir)
     if scores.step.nunique() > 1:
         scores.to_csv(out / "scores.csv", index=False)
@@ -76,4 +82,3 @@ def write(workdir: str | Path, run_summary: dict, results: dict, history: list[d
         chart.save(str(out / "scores.html"))
         chart.save(str(out / "scores.png"), scale_factor=1.5)
     return out
-

@@ -184,6 +184,9 @@ def validate(config) -> None:
         value = flat[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config key {key!r} must be a positive integer, got {value!r}.")
+    if isinstance(config.eval_every, bool) or not isinstance(config.eval_every, int) or config.eval_every < 0:
+        raise ValueError(f"config key 'eval_every' must be 0 (evaluate at the end only) or a positive number of "
+                         f"steps, got {config.eval_every!r}.")
     if config.inputs.question == "memory" and (not isinstance(config.data.question_len, int)
                                                or config.data.question_len < 1):
         raise ValueError(f"config key 'data.question_len' must be a positive integer with "

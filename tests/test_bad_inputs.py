@@ -85,6 +85,8 @@ CASES = [
     ("width zero", validate(**{"decoder.width": 0}), ValueError, r"'decoder.width'"),
     ("keep_checkpoints zero", validate(keep_checkpoints=0), ValueError, r"'keep_checkpoints'"),
     ("log_every zero", validate(log_every=0), ValueError, r"'log_every'"),
+    ("eval_every negative", validate(eval_every=-1), ValueError, r"'eval_every' must be 0 .* got -1"),
+    ("eval_every a bool", validate(eval_every=True), ValueError, r"'eval_every' must be 0 .* got True"),
     ("checkpoint_every zero", validate(checkpoint_every=0), ValueError, r"'checkpoint_every'"),
     ("eval.batch_size zero", validate(**{"eval.batch_size": 0}), ValueError, r"'eval.batch_size'"),
     ("question_len zero with memory", validate(**{"inputs.question": "memory", "data.question_len": 0}), ValueError,

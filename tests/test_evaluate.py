@@ -1,10 +1,11 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from litlab import demo, evaluate, plots, prompting, report, runs, study, widgets
+from litlab import checkpoints, demo, evaluate, plots, prompting, report, runs, study, widgets
 from litlab.configs import quickstart
 from litlab.data import tasks
 
@@ -67,7 +68,7 @@ def test_demo_writes_metrics_predictions_and_report(smoke_run):
     assert "objects_cls" in report.table(metrics)
 
 
-def test_report_plots_scores_against_steps(smoke_run, tmp_path):
+def test_report_plots_scores_against_steps(smoke_run, tmp_path, monkeypatch):
     workdir, out = smoke_run
     scores = report.score_history(workdir)
     assert sorted(scores.step.unique()) == [3, 6] and set(scores.split) == {"test"}
@@ -88,12 +89,30 @@ def test_report_plots_scores_against_steps(smoke_run, tmp_path):
     # A target on another metric than the one drawn is not drawn.
     other = plots.score_curves(study.primary(scores), {"words_ocr": ("cer", 0.1)}).to_dict()
     assert pd.DataFrame(other["datasets"][next(iter(other["datasets"]))]).target.isna().all()
-    # An evaluation folder without info.json (an older litlab's) is skipped, and counted.
-    old = tmp_path / "eval" / "test"
-    old.mkdir(parents=True)
-    (old / "metrics.json").write_text(json.dumps({"objects_cls": {"exact_match": 0.5}}))
+    # The same checkpoint scored the same way in two folders is drawn once; targets only on test.
+    for folder in ("test", "step_6/test"):
+        shutil.copytree(workdir / "eval" / "test", tmp_path / "copy" / "eval" / folder)
+    comp = tmp_path / "copy" / "eval" / "compositional"
+    shutil.copytree(workdir / "eval" / "test", comp)
+    (comp / "info.json").write_text(json.dumps({"step": 6, "split": "compositional", "decode": "greedy", "limit": 4}))
+    twice = report.score_history(tmp_path / "copy")
+    assert len(twice) == 3 * len(final) and set(twice.folder) == {"test", "step_6/test", "compositional"}
+    chart = plots.score_curves(study.primary(twice), demo.TARGETS).to_dict()
+    drawn = pd.DataFrame(chart["datasets"][next(iter(chart["datasets"]))])
+    assert len(drawn) == 2 * len(study.primary(final))
+    assert drawn[drawn.split == "compositional"].target.isna().all()
+    # A reused folder whose new write is cut off loses its old info.json, so its new metrics are
+    # never labelled with the old step: the folder is skipped, and counted.
+    def fail_on_info(path, text, _write=checkpoints.write_atomic):
+        if path.name == "info.json":
+            raise OSError("disk full")
+        _write(path, text)
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints, "write_atomic", fail_on_info)
+        with pytest.raises(OSError):
+            evaluate.write(tmp_path / "copy", "test", {"objects_cls": {"exact_match": 0.99}}, [], {"step": 99})
     with pytest.warns(UserWarning, match="1 evaluation folder"):
-        assert report.score_history(tmp_path).empty
+        assert 0.99 not in report.score_history(tmp_path / "copy").value.tolist()
 
 
 def test_evaluate_cli_reloads_the_workdir(smoke_run, capsys):
@@ -102,7 +121,12 @@ def test_evaluate_cli_reloads_the_workdir(smoke_run, capsys):
                           "--limit", "2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["split"] == "compositional" and printed["step"] == quickstart.get_config("smoke").total_steps
-    assert (workdir / "eval" / "compositional" / "metrics.json").is_file()
+    # A rescoring with its own decoding and limit gets its own folder, beside the run's own scores.
+    assert printed["eval_dir"] == str(workdir / "eval" / "compositional-beam_2-limit2")
+    assert json.loads((workdir / "eval" / "compositional-beam_2-limit2" / "info.json").read_text()) == {
+        "step": printed["step"], "split": "compositional", "decode": "beam:2", "limit": 2}
+    assert evaluate.folder_name("test", None, None) == "test"
+    assert evaluate.folder_name("val", "beam:4,alpha=0.6", None) == "val-beam_4_alpha_0.6"
 
 
 def test_evaluate_cli_errors(tmp_path, capsys):
@@ -140,6 +164,17 @@ def test_demo_cli_takes_config_overrides(tmp_path, capsys):
         demo.main(["--smoke", "--workdir", str(tmp_path / "bad"), "--config.total_stepz=4"])
     assert e.value.code == 2 and "total_stepz" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything was written
-    demo.main(["--smoke", "--workdir", str(tmp_path / "w"), "--config.total_steps=4", "--config.eval_every=2"])
+    w = ["--smoke", "--workdir", str(tmp_path / "w")]
+    demo.main(w + ["--config.total_steps=4"])
     assert "4 steps at" in capsys.readouterr().out
-    assert sorted(pd.read_csv(tmp_path / "w" / "report" / "scores.csv").step.unique()) == [2, 4]
+    # eval_every on a finished run only resumes it: one evaluation, no curve, and the user is told.
+    demo.main(w + ["--config.total_steps=4", "--config.eval_every=2"])
+    assert "scored one step only" in capsys.readouterr().out
+    assert not (tmp_path / "w" / "report" / "scores.png").exists()
+    with pytest.raises(SystemExit) as e:  # another total_steps is another experiment
+        demo.main(w + ["--config.total_steps=6", "--config.eval_every=2"])
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    demo.main(w + ["--config.total_steps=6", "--config.eval_every=2", "--overwrite"])
+    assert "scored one step only" not in capsys.readouterr().out
+    assert sorted(pd.read_csv(tmp_path / "w" / "report" / "scores.csv").step.unique()) == [2, 4, 6]
+    assert len(list(tmp_path.glob("w.replaced-*"))) == 1  # the 4-step run, moved aside, not lost
