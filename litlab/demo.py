@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from litlab import checkpoints, config as config_lib, evaluate, report, train
+from litlab import config as config_lib, evaluate, report, train
 from litlab.configs import quickstart
 
 # The quickstart's targets on the test split (issue 10: an encoder that reads), printed next to
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
         config = config_lib.override(quickstart.get_config("smoke" if args.smoke else None), overrides,
                                      from_strings=True)
         out = run(args.workdir, config=config, overwrite=args.overwrite)
-    except (checkpoints.WorkdirBusy, FloatingPointError, ValueError, FileNotFoundError, KeyError) as e:
+    except train.RUN_ERRORS as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         sys.exit(2)
     m, s = out["metrics"], out["summary"]

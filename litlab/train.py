@@ -446,6 +446,11 @@ def _loop(config, workdir, state, step_fn, data, image_tokens, mesh, ckpt, start
     return state, round(sps, 3), (t0 or t_end) - t_loop
 
 
+# What a run's command line (train, demo) reports as one `error:` line instead of a traceback:
+# bad config values and files, a busy workdir, a diverged loss.
+RUN_ERRORS = (checkpoints.WorkdirBusy, FloatingPointError, ValueError, FileNotFoundError, KeyError)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m litlab.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -468,7 +473,7 @@ def main(argv=None) -> None:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
             jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         train(config, args.workdir, evaluators=evaluate.for_config(config), overwrite=args.overwrite)
-    except (checkpoints.WorkdirBusy, FloatingPointError, ValueError, FileNotFoundError, KeyError) as e:
+    except RUN_ERRORS as e:
         if "--debug" in argv:
             raise
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
